@@ -1,0 +1,158 @@
+//! `corenet model …`: architecture summaries (shapes, parameters, FLOPs) without allocating.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use corenet_model::{OpenElmConfig, ParamCount};
+use serde::Serialize;
+
+use crate::number::{si, thousands};
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Per-layer heads, FFN widths and parameters, the total, and FLOPs per token.
+    Summary(SummaryArgs),
+}
+
+#[derive(Args)]
+pub struct SummaryArgs {
+    /// A preset: OpenELM-270M, OpenELM-450M, OpenELM-1_1B, OpenELM-3B, gpt-test, gpt-1_3B.
+    #[arg(long, conflicts_with = "config")]
+    model: Option<String>,
+    /// A model config file (YAML or JSON, CoreNet field names).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the vocabulary size (CoreNet trains OpenELM with 32128).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Sequence length for the attention FLOPs.
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Summary(args) => summary(&args),
+    }
+}
+
+fn load_config(args: &SummaryArgs) -> anyhow::Result<(String, OpenElmConfig)> {
+    let (name, mut config) = match (&args.model, &args.config) {
+        (Some(name), None) => (name.clone(), OpenElmConfig::preset(name)?),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading model config {}", path.display()))?;
+            let config: OpenElmConfig = serde_norway::from_str(&text)
+                .with_context(|| format!("parsing model config {}", path.display()))?;
+            (path.display().to_string(), config)
+        }
+        _ => bail!("give either --model PRESET or --config FILE"),
+    };
+    if let Some(vocab) = args.vocab_size {
+        config.vocab_size = vocab;
+    }
+    config.validate()?;
+    Ok((name, config))
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    name: &'a str,
+    config: &'a OpenElmConfig,
+    layers: Vec<LayerRow>,
+    params: &'a ParamCount,
+    total_params: u64,
+    non_embedding_params: u64,
+    seq_len: usize,
+    training_flops_per_token: f64,
+    forward_flops_per_token: f64,
+}
+
+#[derive(Serialize)]
+struct LayerRow {
+    query_heads: usize,
+    kv_heads: usize,
+    ffn_dim: usize,
+    params: u64,
+}
+
+fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
+    let (name, config) = load_config(args)?;
+    let dims = config.layers()?;
+    let params = config.param_count()?;
+    let flops = config.training_flops_per_token(args.seq_len)?;
+    let summary = Summary {
+        name: &name,
+        config: &config,
+        layers: dims
+            .iter()
+            .zip(&params.layers)
+            .map(|(d, p)| LayerRow {
+                query_heads: d.query_heads,
+                kv_heads: d.kv_heads,
+                ffn_dim: d.ffn_dim,
+                params: p.total(),
+            })
+            .collect(),
+        params: &params,
+        total_params: params.total(),
+        non_embedding_params: params.non_embedding(),
+        seq_len: args.seq_len,
+        training_flops_per_token: flops,
+        forward_flops_per_token: flops / 3.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_table(&summary);
+    }
+    Ok(())
+}
+
+fn print_table(s: &Summary<'_>) {
+    let c = s.config;
+    println!(
+        "{}: {} layers, model_dim {}, head_dim {}, vocab {}, {} query heads per KV head, {} embeddings",
+        s.name,
+        c.num_transformer_layers,
+        c.model_dim,
+        c.head_dim,
+        c.vocab_size,
+        c.num_gqa_groups,
+        if c.tied() { "tied" } else { "untied" }
+    );
+    println!(
+        "{:>5} {:>8} {:>9} {:>8} {:>14}",
+        "layer", "q_heads", "kv_heads", "ffn_dim", "params"
+    );
+    for (i, l) in s.layers.iter().enumerate() {
+        println!(
+            "{i:>5} {:>8} {:>9} {:>8} {:>14}",
+            l.query_heads,
+            l.kv_heads,
+            l.ffn_dim,
+            thousands(l.params)
+        );
+    }
+    let rows = [
+        ("embedding", s.params.embedding),
+        ("output head", s.params.lm_head),
+        ("layers", s.params.layers_total()),
+        ("final norm", s.params.final_norm),
+        ("non-embedding", s.non_embedding_params),
+        ("total", s.total_params),
+    ];
+    for (label, value) in rows {
+        println!("{label:<16}{:>30}", thousands(value));
+    }
+    println!(
+        "FLOPs per token at seq {}: training {}FLOP (6N + attention), forward {}FLOP",
+        s.seq_len,
+        si(s.training_flops_per_token),
+        si(s.forward_flops_per_token)
+    );
+}

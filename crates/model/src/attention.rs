@@ -1,0 +1,141 @@
+//! Causal grouped-query attention with per-layer head counts, fused bias-free QKV and per-head
+//! q/k RMSNorm, as in CoreNet's `MultiHeadCausalAttention`.
+
+use tch::{nn, Kind, Tensor};
+
+use crate::init::normal;
+use crate::kv_cache::LayerCache;
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+
+#[derive(Debug)]
+pub struct Attention {
+    /// Rows [Q heads | K heads | V heads], each block head-major with D rows per head.
+    pub qkv_proj: Tensor,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub out_proj: Tensor,
+    query_heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+/// The shape of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub model_dim: usize,
+    pub head_dim: usize,
+    pub query_heads: usize,
+    pub kv_heads: usize,
+    pub qk_norm: bool,
+}
+
+impl Attention {
+    pub fn new(path: &nn::Path, shape: AttentionShape, out_proj_std: f64) -> Self {
+        let d = shape.model_dim as i64;
+        let (hq, hkv, hd) = (
+            shape.query_heads as i64,
+            shape.kv_heads as i64,
+            shape.head_dim as i64,
+        );
+        let qkv_proj = normal(
+            &(path / "qkv_proj"),
+            &[(hq + 2 * hkv) * hd, d],
+            (d as f64).powf(-0.5),
+        );
+        let (q_norm, k_norm) = if shape.qk_norm {
+            (
+                Some(RmsNorm::new(&(path / "q_norm"), shape.head_dim)),
+                Some(RmsNorm::new(&(path / "k_norm"), shape.head_dim)),
+            )
+        } else {
+            (None, None)
+        };
+        let out_proj = normal(&(path / "out_proj"), &[d, hq * hd], out_proj_std);
+        Attention {
+            qkv_proj,
+            q_norm,
+            k_norm,
+            out_proj,
+            query_heads: hq,
+            kv_heads: hkv,
+            head_dim: hd,
+        }
+    }
+
+    /// x: (B, T, C) -> (B, T, C). With a cache, the new keys/values are appended to it and the
+    /// queries sit at positions cache_len..cache_len+T.
+    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor {
+        let (b, t, _) = x.size3().expect("attention input must be (B, T, C)");
+        let (hq, hkv, hd) = (self.query_heads, self.kv_heads, self.head_dim);
+        let qkv = x
+            .linear::<Tensor>(&self.qkv_proj, None) // (B, T, (Hq + 2Hkv) * D)
+            .view([b, t, hq + 2 * hkv, hd])
+            .transpose(1, 2); // (B, Hq + 2Hkv, T, D)
+        let mut q = qkv.narrow(1, 0, hq); // (B, Hq, T, D)
+        let mut k = qkv.narrow(1, hq, hkv); // (B, Hkv, T, D)
+        let mut v = qkv.narrow(1, hq + hkv, hkv); // (B, Hkv, T, D)
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q);
+            k = kn.forward(&k);
+        }
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        let q = rope.apply(&q, offset);
+        k = rope.apply(&k, offset);
+        if let Some(cache) = cache {
+            (k, v) = cache.append(&k, &v); // (B, Hkv, S, D), S = offset + T
+        }
+        let y = self.attend(&q, &k, &v, offset as i64); // (B, Hq, T, D)
+        y.transpose(1, 2)
+            .contiguous()
+            .view([b, t, hq * hd]) // (B, T, Hq * D)
+            .linear::<Tensor>(&self.out_proj, None)
+    }
+
+    /// Scaled dot-product attention, causal, scale 1/sqrt(D); K/V heads repeated so that query
+    /// head j reads KV head j / group (CoreNet's `repeat_interleave`).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: i64) -> Tensor {
+        let group = self.query_heads / self.kv_heads;
+        let (k, v) = if group > 1 {
+            (
+                k.repeat_interleave_self_int(group, 1, None),
+                v.repeat_interleave_self_int(group, 1, None),
+            )
+        } else {
+            (k.shallow_clone(), v.shallow_clone())
+        };
+        let t = q.size()[2];
+        if offset == 0 {
+            return Tensor::scaled_dot_product_attention(
+                q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                true,
+                None,
+                false,
+            );
+        }
+        if t == 1 {
+            // One new token may attend to everything cached.
+            return Tensor::scaled_dot_product_attention(
+                q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            );
+        }
+        // Queries at offset..offset+T against keys 0..offset+T: SDPA's own causal mask would be
+        // aligned top-left, so build the bottom-right one.
+        let s = offset + t;
+        let rows = Tensor::arange(t, (Kind::Int64, q.device())).unsqueeze(1) + offset;
+        let cols = Tensor::arange(s, (Kind::Int64, q.device())).unsqueeze(0);
+        let mask = cols.le_tensor(&rows); // (T, S), true = may attend
+        Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false)
+    }
+}

@@ -1,0 +1,43 @@
+//! SwiGLU feed-forward: proj_1 = [gate | up], SiLU on the gate, proj_2 back to the model width.
+
+use tch::{nn, Tensor};
+
+use crate::init::normal;
+
+#[derive(Debug)]
+pub struct FeedForward {
+    pub proj_1: Tensor,
+    pub proj_2: Tensor,
+    glu: bool,
+}
+
+impl FeedForward {
+    /// `proj_2_std` is CoreNet's depth-scaled std for residual output projections.
+    pub fn new(
+        path: &nn::Path,
+        model_dim: usize,
+        ffn_dim: usize,
+        glu: bool,
+        proj_2_std: f64,
+    ) -> Self {
+        let (d, f) = (model_dim as i64, ffn_dim as i64);
+        let proj_1_rows = if glu { 2 * f } else { f };
+        FeedForward {
+            proj_1: normal(&(path / "proj_1"), &[proj_1_rows, d], (d as f64).powf(-0.5)),
+            proj_2: normal(&(path / "proj_2"), &[d, f], proj_2_std),
+            glu,
+        }
+    }
+
+    /// x: (B, T, C) -> (B, T, C)
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let h = x.linear::<Tensor>(&self.proj_1, None); // (B, T, 2F) or (B, T, F)
+        let h = if self.glu {
+            let parts = h.chunk(2, -1);
+            parts[0].silu() * &parts[1] // (B, T, F)
+        } else {
+            h.silu()
+        };
+        h.linear::<Tensor>(&self.proj_2, None)
+    }
+}

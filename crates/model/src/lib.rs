@@ -1,0 +1,29 @@
+//! corenet-model: OpenELM (CoreNet's `general_gpt`) on libtorch through tch.
+//!
+//! Layer-wise scaling is resolved once from the config (`OpenElmConfig::layers`); the modules
+//! then only see per-layer head counts and FFN widths. Tensor names are HF OpenELM's, so
+//! safetensors files map 1:1 onto Apple's released checkpoints.
+
+pub mod attention;
+pub mod block;
+pub mod config;
+pub mod error;
+pub mod ffn;
+pub mod flops;
+pub mod init;
+pub mod kv_cache;
+pub mod norm;
+pub mod openelm;
+pub mod preset;
+pub mod rope;
+pub mod scaling;
+pub mod weights;
+
+pub use config::{Multiplier, OpenElmConfig};
+pub use error::{Error, Result};
+pub use flops::{LayerParams, ParamCount};
+pub use kv_cache::KvCache;
+pub use openelm::OpenElm;
+pub use preset::PRESETS;
+pub use scaling::LayerDims;
+pub use weights::{save_tensors, tensor_shapes};

@@ -1,0 +1,223 @@
+//! Model weights in safetensors with HF OpenELM tensor names
+//! (`transformer.layers.N.attn.qkv_proj.weight`, ...).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::OpenElmConfig;
+use crate::error::{Error, Result};
+use crate::openelm::OpenElm;
+
+/// Every tensor of the model with its shape, in CoreNet's registration order.
+pub fn tensor_shapes(config: &OpenElmConfig) -> Result<Vec<(String, Vec<i64>)>> {
+    let dims = config.layers()?;
+    let (v, d, h) = (
+        config.vocab_size as i64,
+        config.model_dim as i64,
+        config.head_dim as i64,
+    );
+    let mut shapes = vec![(
+        "transformer.token_embeddings.weight".to_string(),
+        vec![v, d],
+    )];
+    for (i, l) in dims.iter().enumerate() {
+        let (q, kv, f) = (l.query_heads as i64, l.kv_heads as i64, l.ffn_dim as i64);
+        let p = format!("transformer.layers.{i}");
+        shapes.push((
+            format!("{p}.attn.qkv_proj.weight"),
+            vec![(q + 2 * kv) * h, d],
+        ));
+        if config.normalize_qk_projections {
+            shapes.push((format!("{p}.attn.q_norm.weight"), vec![h]));
+            shapes.push((format!("{p}.attn.k_norm.weight"), vec![h]));
+        }
+        shapes.push((format!("{p}.attn.out_proj.weight"), vec![d, q * h]));
+        let proj_1 = if config.ffn_with_glu { 2 * f } else { f };
+        shapes.push((format!("{p}.ffn.proj_1.weight"), vec![proj_1, d]));
+        shapes.push((format!("{p}.ffn.proj_2.weight"), vec![d, f]));
+        shapes.push((format!("{p}.ffn_norm.weight"), vec![d]));
+        shapes.push((format!("{p}.attn_norm.weight"), vec![d]));
+    }
+    shapes.push(("transformer.norm.weight".to_string(), vec![d]));
+    if !config.tied() {
+        shapes.push(("lm_head.weight".to_string(), vec![v, d]));
+    }
+    Ok(shapes)
+}
+
+impl OpenElm {
+    /// Parameters with their HF names, in registration order (handles share storage).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "transformer.token_embeddings.weight".to_string(),
+            self.token_embeddings.shallow_clone(),
+        )];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("transformer.layers.{i}");
+            out.push((
+                format!("{p}.attn.qkv_proj.weight"),
+                layer.attn.qkv_proj.shallow_clone(),
+            ));
+            if let (Some(qn), Some(kn)) = (&layer.attn.q_norm, &layer.attn.k_norm) {
+                out.push((format!("{p}.attn.q_norm.weight"), qn.weight.shallow_clone()));
+                out.push((format!("{p}.attn.k_norm.weight"), kn.weight.shallow_clone()));
+            }
+            out.push((
+                format!("{p}.attn.out_proj.weight"),
+                layer.attn.out_proj.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.ffn.proj_1.weight"),
+                layer.ffn.proj_1.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.ffn.proj_2.weight"),
+                layer.ffn.proj_2.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.ffn_norm.weight"),
+                layer.ffn_norm.weight.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.attn_norm.weight"),
+                layer.attn_norm.weight.shallow_clone(),
+            ));
+        }
+        out.push((
+            "transformer.norm.weight".to_string(),
+            self.norm.weight.shallow_clone(),
+        ));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.shallow_clone()));
+        }
+        out
+    }
+
+    /// Writes every parameter to `path` (safetensors, `{"format": "pt"}` metadata).
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        save_tensors(&self.named_parameters(), path)
+    }
+
+    /// Copies the tensors of `path` into the parameters (converted to their dtype and device).
+    /// The file must hold exactly this model's tensors with these shapes.
+    pub fn load_safetensors(&self, path: &Path) -> Result<()> {
+        let bytes = read_file(path)?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::SafeTensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let params = self.named_parameters();
+        let expected: HashMap<&str, ()> = params.iter().map(|(n, _)| (n.as_str(), ())).collect();
+        for (name, param) in &params {
+            let view = file.tensor(name).map_err(|_| Error::MissingTensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+            })?;
+            let source = tensor_from_view(path, name, &view)?;
+            if source.size() != param.size() {
+                return Err(Error::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    expected: param.size(),
+                    found: source.size(),
+                });
+            }
+            tch::no_grad(|| {
+                let mut target = param.shallow_clone();
+                target.f_copy_(&source.to_kind(param.kind()).to_device(param.device()))
+            })?;
+        }
+        if let Some(extra) = file
+            .names()
+            .into_iter()
+            .find(|n| !expected.contains_key(&n[..]))
+        {
+            return Err(Error::UnexpectedTensor {
+                path: path.to_path_buf(),
+                name: extra.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    match kind {
+        Kind::Float => Some(Dtype::F32),
+        Kind::BFloat16 => Some(Dtype::BF16),
+        Kind::Half => Some(Dtype::F16),
+        Kind::Double => Some(Dtype::F64),
+        Kind::Int64 => Some(Dtype::I64),
+        Kind::Int => Some(Dtype::I32),
+        _ => None,
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    match dtype {
+        Dtype::F32 => Some(Kind::Float),
+        Dtype::BF16 => Some(Kind::BFloat16),
+        Dtype::F16 => Some(Kind::Half),
+        Dtype::F64 => Some(Kind::Double),
+        Dtype::I64 => Some(Kind::Int64),
+        Dtype::I32 => Some(Kind::Int),
+        _ => None,
+    }
+}
+
+/// A CPU tensor holding a copy of `view`'s data.
+pub fn tensor_from_view(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Tensor> {
+    let kind = kind_of(view.dtype()).ok_or_else(|| Error::UnsupportedDtype {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        dtype: format!("{:?}", view.dtype()),
+    })?;
+    let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+}
+
+/// Writes named tensors to a safetensors file with `{"format": "pt"}` metadata, which several
+/// transformers versions require.
+pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let dtype = dtype_of(tensor.kind()).ok_or_else(|| Error::UnsupportedDtype {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            dtype: format!("{:?}", tensor.kind()),
+        })?;
+        let cpu = tensor.detach().to_device(Device::Cpu).contiguous();
+        let numel = cpu.numel();
+        let mut data = vec![0u8; numel * cpu.kind().elt_size_in_bytes()];
+        cpu.f_copy_data_u8(&mut data, numel)?;
+        let shape: Vec<usize> = cpu.size().iter().map(|&s| s as usize).collect();
+        buffers.push((name.clone(), dtype, shape, data));
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::SafeTensors {
+                    path: path.to_path_buf(),
+                    message: format!("tensor `{name}`: {e}"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| Error::SafeTensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,1 @@
+//! corenet-train: recipes, AdamW, LR schedules, mixed precision, checkpoints and logs.

@@ -1,0 +1,5 @@
+include!("../crates/build/libtorch.rs");
+
+fn main() {
+    libtorch_link();
+}
