@@ -1,1 +1,16 @@
 //! corenet-train: recipes, AdamW, LR schedules, mixed precision, checkpoints and logs.
+//!
+//! - [`schedule`]: CoreNet's LR schedules (cosine with linear warmup, exact to 8 decimals).
+//! - [`tensorboard`]: a small TensorBoard event-file writer and a verifying reader.
+//! - [`checkpoint_store`]: atomic, checksummed, pruned checkpoint directories.
+//! - [`metrics`]: JSONL metrics sink, throughput/ETA and MFU.
+//! - [`overrides`]: `--set a.b.c=value` on a value tree, and deserialization that names key paths.
+
+pub mod checkpoint_store;
+pub mod error;
+pub mod metrics;
+pub mod overrides;
+pub mod schedule;
+pub mod tensorboard;
+
+pub use error::{Error, Result};

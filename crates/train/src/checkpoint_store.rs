@@ -1,0 +1,894 @@
+//! The file-system side of checkpoints: where they live, how they become durable, how they are
+//! checked and pruned. What goes *inside* a checkpoint (safetensors, optimizer state, train
+//! state JSON) is the caller's business: [`CheckpointStore::save`] hands it a directory.
+//!
+//! Layout under the store's root:
+//!
+//! ```text
+//! root/step-00000123/          a complete checkpoint (step = updates done)
+//!     manifest.json            size + sha256 of every other file, step, format version, metadata
+//!     ...                      whatever the caller wrote (sub-directories allowed)
+//! root/.tmp-step-00000124/     a save in progress (or left by a crash): never read, removed
+//! root/.old-step-00000100/     a checkpoint being deleted or replaced: never read, removed
+//! ```
+//!
+//! A save writes into the temporary directory, fsyncs every file, writes and fsyncs the manifest,
+//! fsyncs the directory, renames it into place (atomic on POSIX) and fsyncs the root. A crash or
+//! error at any point leaves either the old set of checkpoints or the new one, never a
+//! half-written `step-*` directory. One process (rank 0) owns a root at a time: the store
+//! removes leftover temporary directories, which would break a concurrent writer.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Name of the manifest inside every checkpoint directory; reserved (writers may not create it).
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Version of the manifest layout written by this code; newer ones are refused on read.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+const STEP_PREFIX: &str = "step-";
+const TMP_PREFIX: &str = ".tmp-step-";
+const OLD_PREFIX: &str = ".old-step-";
+
+/// Size and digest of one file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// Contents of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub step: u64,
+    /// Relative path (with `/` separators) → digest, for every file except the manifest.
+    pub files: BTreeMap<String, FileDigest>,
+    /// Free-form caller data (recipe hash, tokens seen, ...), stored verbatim.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A checkpoint directory found under the root (not yet verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointEntry {
+    pub step: u64,
+    pub dir: PathBuf,
+}
+
+/// A checkpoint whose every file matched its manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedCheckpoint {
+    pub step: u64,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Checkpoint directories under one root, keeping the newest `keep_last`.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    root: PathBuf,
+    keep_last: usize,
+}
+
+impl CheckpointStore {
+    /// Opens (creating if needed) the store at `root`. `keep_last = 0` keeps every checkpoint.
+    pub fn new(root: impl Into<PathBuf>, keep_last: usize) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        Ok(Self { root, keep_last })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn keep_last(&self) -> usize {
+        self.keep_last
+    }
+
+    /// Final directory of the checkpoint for `step` (`root/step-00000123`).
+    pub fn dir_for(&self, step: u64) -> PathBuf {
+        self.root.join(format!("{STEP_PREFIX}{step:08}"))
+    }
+
+    /// Saves a checkpoint for `step`: `write` fills a fresh temporary directory, then the store
+    /// writes the manifest (with `metadata`), makes everything durable, renames the directory to
+    /// [`dir_for(step)`](Self::dir_for) and prunes to `keep_last`.
+    ///
+    /// On any error (from `write` or from the store), the temporary directory is removed and
+    /// the existing checkpoints are left as they were. A checkpoint already present for `step`
+    /// is replaced. Pruning never removes the checkpoint just written, even when newer steps
+    /// exist (a run resumed from an older checkpoint); pruning failures are logged, not returned,
+    /// because the new checkpoint is already durable.
+    pub fn save<F>(
+        &self,
+        step: u64,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        write: F,
+    ) -> Result<VerifiedCheckpoint>
+    where
+        F: FnOnce(&Path) -> Result<()>,
+    {
+        let tmp = self.root.join(format!("{TMP_PREFIX}{step:08}"));
+        // A directory of this name can only be debris from an earlier crash.
+        remove_dir_if_exists(&tmp)?;
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
+        // Removes the partial directory on every early return, and on a panic in `write`.
+        let guard = RemoveOnDrop(Some(tmp.clone()));
+
+        write(&tmp).map_err(|source| Error::CheckpointWrite {
+            step,
+            source: Box::new(source),
+        })?;
+
+        let manifest = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            step,
+            files: digest_and_sync_tree(&tmp)?,
+            metadata,
+        };
+        let manifest_path = tmp.join(MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Json {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        write_synced(&manifest_path, &json)?;
+        sync_dir(&tmp)?;
+
+        let dir = self.dir_for(step);
+        if dir.exists() {
+            // rename() cannot replace a non-empty directory, so move the old one aside first.
+            let old = self.root.join(format!("{OLD_PREFIX}{step:08}"));
+            remove_dir_if_exists(&old)?;
+            rename(&dir, &old)?;
+            tracing::warn!(step, dir = %dir.display(), "replacing existing checkpoint for this step");
+            if let Err(e) = rename(&tmp, &dir) {
+                // Put the previous checkpoint back rather than leave it to be cleaned up as debris.
+                if let Err(back) = rename(&old, &dir) {
+                    tracing::warn!(error = %back, "could not restore the replaced checkpoint");
+                }
+                return Err(e);
+            }
+            guard.disarm();
+            sync_dir(&self.root)?;
+            // The new checkpoint is in place; a leftover `.old-step-*` is removed later.
+            if let Err(e) = remove_dir_if_exists(&old) {
+                tracing::warn!(error = %e, "could not remove the replaced checkpoint");
+            }
+        } else {
+            rename(&tmp, &dir)?;
+            guard.disarm();
+        }
+        sync_dir(&self.root)?;
+        tracing::info!(step, dir = %dir.display(), files = manifest.files.len(), "checkpoint saved");
+
+        self.prune(step);
+        Ok(VerifiedCheckpoint {
+            step,
+            dir,
+            manifest,
+        })
+    }
+
+    /// Checks every file listed in `dir/manifest.json` (existence, size, then SHA-256) and
+    /// returns the manifest. Errors name the failing file. Files not in the manifest are ignored.
+    pub fn verify(dir: impl AsRef<Path>) -> Result<Manifest> {
+        let dir = dir.as_ref();
+        let manifest = read_manifest(dir)?;
+        let file_err = |file: &str, reason: String| Error::CheckpointFile {
+            dir: dir.to_path_buf(),
+            file: file.to_string(),
+            reason,
+        };
+        for (name, want) in &manifest.files {
+            let path = safe_join(dir, name).map_err(|reason| file_err(name, reason))?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(file_err(name, "missing".into()))
+                }
+                Err(e) => return Err(Error::io("stat", path, e)),
+            };
+            if !meta.is_file() {
+                return Err(file_err(name, "not a regular file".into()));
+            }
+            // Size first: a truncated file is the common failure and needs no hashing.
+            if meta.len() != want.size {
+                return Err(file_err(
+                    name,
+                    format!("size {} but manifest says {}", meta.len(), want.size),
+                ));
+            }
+            let got = sha256_file(&path)?;
+            if !got.eq_ignore_ascii_case(&want.sha256) {
+                return Err(file_err(
+                    name,
+                    format!("sha256 {got} but manifest says {}", want.sha256),
+                ));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Complete-looking checkpoint directories (`step-N`), oldest first. Temporary and
+    /// being-deleted directories are not listed; nothing is verified.
+    pub fn list(&self) -> Result<Vec<CheckpointEntry>> {
+        let mut entries = Vec::new();
+        for item in std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))? {
+            let item = item.map_err(|e| Error::io("list", &self.root, e))?;
+            let Some(step) = item.file_name().to_str().and_then(parse_step_dir) else {
+                continue;
+            };
+            let is_dir = item
+                .file_type()
+                .map_err(|e| Error::io("stat", item.path(), e))?
+                .is_dir();
+            if is_dir {
+                entries.push(CheckpointEntry {
+                    step,
+                    dir: item.path(),
+                });
+            }
+        }
+        entries.sort_by_key(|e| e.step);
+        Ok(entries)
+    }
+
+    /// The newest checkpoint that verifies, walking newest → oldest. Checkpoints that fail
+    /// verification (corrupt, truncated, no manifest, step mismatch) are skipped with a warning;
+    /// leftover temporary directories are removed first. `Ok(None)` means there is none;
+    /// an error means the root itself could not be read (so "start from scratch" would be wrong).
+    pub fn latest_valid(&self) -> Result<Option<VerifiedCheckpoint>> {
+        if let Err(e) = self.clean_tmp() {
+            tracing::warn!(error = %e, "could not remove leftover temporary checkpoint directories");
+        }
+        for entry in self.list()?.into_iter().rev() {
+            match Self::verify(&entry.dir) {
+                Ok(manifest) if manifest.step == entry.step => {
+                    return Ok(Some(VerifiedCheckpoint {
+                        step: entry.step,
+                        dir: entry.dir,
+                        manifest,
+                    }));
+                }
+                Ok(manifest) => tracing::warn!(
+                    dir = %entry.dir.display(),
+                    manifest_step = manifest.step,
+                    "skipping checkpoint: manifest step does not match directory name"
+                ),
+                Err(e) => tracing::warn!(error = %e, "skipping checkpoint that fails verification"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes `.tmp-step-*` and `.old-step-*` directories (debris of interrupted saves or
+    /// deletions). Returns how many were removed.
+    pub fn clean_tmp(&self) -> Result<usize> {
+        let mut removed = 0;
+        for item in std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))? {
+            let item = item.map_err(|e| Error::io("list", &self.root, e))?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TMP_PREFIX) || name.starts_with(OLD_PREFIX) {
+                tracing::warn!(dir = %item.path().display(), "removing leftover temporary checkpoint directory");
+                remove_dir_if_exists(&item.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the oldest checkpoints until `keep_last` remain, never touching `protect`.
+    fn prune(&self, protect: u64) {
+        if self.keep_last == 0 {
+            return;
+        }
+        let entries = match self.list() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list checkpoints for pruning");
+                return;
+            }
+        };
+        if entries.iter().any(|e| e.step > protect) {
+            tracing::warn!(
+                step = protect,
+                "newer checkpoints than the one just saved exist (resumed from an older one?)"
+            );
+        }
+        let excess = entries.len().saturating_sub(self.keep_last);
+        for entry in entries.iter().filter(|e| e.step != protect).take(excess) {
+            // Rename first so a crash mid-delete never leaves a half-deleted `step-*` directory.
+            let old = self.root.join(format!("{OLD_PREFIX}{:08}", entry.step));
+            let result = remove_dir_if_exists(&old)
+                .and_then(|()| rename(&entry.dir, &old))
+                .and_then(|()| remove_dir_if_exists(&old));
+            match result {
+                Ok(()) => tracing::info!(step = entry.step, "pruned old checkpoint"),
+                Err(e) => tracing::warn!(error = %e, "could not prune old checkpoint"),
+            }
+        }
+    }
+}
+
+/// `step-00000123` → 123; anything else → None.
+fn parse_step_dir(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(STEP_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Deletes a temporary directory when dropped, unless disarmed after a successful rename.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            if let Err(e) = remove_dir_if_exists(&dir) {
+                tracing::warn!(error = %e, "could not remove partial checkpoint directory");
+            }
+        }
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io("remove directory", dir, e)),
+        _ => Ok(()),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| {
+        Error::io(
+            "rename",
+            format!("{} -> {}", from.display(), to.display()),
+            e,
+        )
+    })
+}
+
+/// Makes a directory's entries (creations, renames) durable. POSIX needs an fsync of the
+/// directory itself for that; elsewhere opening a directory is not possible and this is a no-op.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path).map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", path, e))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    Ok(sha256_reader(&mut f, path)?.0)
+}
+
+/// Streams a file through SHA-256; returns (hex digest, bytes read).
+fn sha256_reader(f: &mut File, path: &Path) -> Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((hex, total))
+}
+
+/// Walks the freshly written tree: fsyncs every file and sub-directory, and digests every file.
+/// Only regular files and directories are allowed: a symlink would make the manifest describe
+/// data that lives outside the checkpoint.
+fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for item in std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
+            let item = item.map_err(|e| Error::io("list", &dir, e))?;
+            let path = item.path();
+            let name = item
+                .file_name()
+                .into_string()
+                .map_err(|n| Error::Checkpoint {
+                    dir: root.to_path_buf(),
+                    reason: format!("file name {n:?} is not UTF-8"),
+                })?;
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let kind = item.file_type().map_err(|e| Error::io("stat", &path, e))?;
+            if kind.is_dir() {
+                stack.push((path, rel));
+            } else if kind.is_file() {
+                if rel == MANIFEST_FILE {
+                    return Err(Error::Checkpoint {
+                        dir: root.to_path_buf(),
+                        reason: format!(
+                            "the writer created `{MANIFEST_FILE}`, a name the store reserves"
+                        ),
+                    });
+                }
+                // Open for writing only to fsync; some platforms refuse fsync on read-only handles.
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io("open", &path, e))?;
+                f.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+                let (sha256, size) = sha256_reader(&mut f, &path)?;
+                files.insert(rel, FileDigest { size, sha256 });
+            } else {
+                return Err(Error::Checkpoint {
+                    dir: root.to_path_buf(),
+                    reason: format!(
+                        "`{rel}` is not a regular file or directory (symlinks are not allowed)"
+                    ),
+                });
+            }
+        }
+        sync_dir(&dir)?;
+    }
+    Ok(files)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::Checkpoint {
+                dir: dir.to_path_buf(),
+                reason: format!("no {MANIFEST_FILE} (incomplete checkpoint)"),
+            })
+        }
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })?;
+    if manifest.format_version > MANIFEST_FORMAT_VERSION {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "manifest format version {} is newer than this build supports ({MANIFEST_FORMAT_VERSION})",
+                manifest.format_version
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Joins a manifest's relative path onto `dir`, refusing anything that could escape it
+/// (the manifest is data read from disk, not trusted).
+fn safe_join(dir: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+    let rel_path = Path::new(rel);
+    if rel.is_empty()
+        || !rel_path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err("path in manifest is not a plain relative path".into());
+    }
+    Ok(dir.join(rel_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(recipe_hash: &str) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("recipe_hash".into(), json!(recipe_hash));
+        m
+    }
+
+    /// A writer producing a model file, a nested optimizer file and a small state file whose
+    /// contents depend on the step, like the real trainer's.
+    fn write_fake(step: u64) -> impl FnOnce(&Path) -> Result<()> {
+        move |dir: &Path| {
+            let w = |p: PathBuf, bytes: Vec<u8>| {
+                std::fs::write(&p, bytes).map_err(|e| Error::io("write", p, e))
+            };
+            w(
+                dir.join("model.safetensors"),
+                vec![step as u8; 4096 + step as usize],
+            )?;
+            let sub = dir.join("optim");
+            std::fs::create_dir(&sub).map_err(|e| Error::io("create directory", &sub, e))?;
+            w(
+                sub.join("moments.bin"),
+                (0..1000u32)
+                    .flat_map(|i| (i * step as u32).to_le_bytes())
+                    .collect(),
+            )?;
+            w(
+                dir.join("state.json"),
+                format!("{{\"step\":{step}}}").into_bytes(),
+            )
+        }
+    }
+
+    fn steps(store: &CheckpointStore) -> Vec<u64> {
+        store.list().expect("list").iter().map(|e| e.step).collect()
+    }
+
+    fn dir_names(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn flip_byte(path: &Path, at: usize) {
+        let mut bytes = std::fs::read(path).expect("read");
+        bytes[at] ^= 0x01;
+        std::fs::write(path, bytes).expect("write");
+    }
+
+    #[test]
+    fn save_verify_and_prune_to_keep_last() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path().join("ckpt"), 2).expect("store");
+        for step in [100, 200, 300, 400] {
+            let saved = store
+                .save(step, meta("abc123"), write_fake(step))
+                .expect("save");
+            assert_eq!(saved.dir, store.dir_for(step));
+            assert_eq!(
+                saved.dir.file_name().and_then(|n| n.to_str()),
+                Some(format!("step-{step:08}").as_str())
+            );
+        }
+        assert_eq!(steps(&store), vec![300, 400]);
+        assert_eq!(
+            dir_names(store.root()),
+            vec!["step-00000300", "step-00000400"]
+        );
+
+        let m = CheckpointStore::verify(store.dir_for(400)).expect("verify");
+        assert_eq!((m.step, m.format_version), (400, MANIFEST_FORMAT_VERSION));
+        assert_eq!(m.metadata["recipe_hash"], "abc123");
+        let names: Vec<&str> = m.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            vec!["model.safetensors", "optim/moments.bin", "state.json"]
+        );
+        assert_eq!(m.files["model.safetensors"].size, 4096 + 400);
+        // sha256 of the state file, checked against an independent computation.
+        let state = std::fs::read(store.dir_for(400).join("state.json")).expect("read");
+        let want: String = Sha256::digest(&state)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(m.files["state.json"].sha256, want);
+
+        let latest = store.latest_valid().expect("latest").expect("some");
+        assert_eq!((latest.step, latest.manifest), (400, m));
+    }
+
+    #[test]
+    fn keep_last_zero_keeps_everything() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 0).expect("store");
+        for step in 1..=5 {
+            store.save(step, meta("h"), write_fake(step)).expect("save");
+        }
+        assert_eq!(steps(&store), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn corrupted_newest_falls_back_to_previous() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 3).expect("store");
+        for step in [10, 20, 30] {
+            store.save(step, meta("h"), write_fake(step)).expect("save");
+        }
+        flip_byte(&store.dir_for(30).join("optim/moments.bin"), 1234);
+        let err = CheckpointStore::verify(store.dir_for(30)).expect_err("corruption detected");
+        match &err {
+            Error::CheckpointFile { file, reason, .. } => {
+                assert_eq!(file, "optim/moments.bin");
+                assert!(reason.contains("sha256"), "{reason}");
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert!(err.to_string().contains("step-00000030"), "{err}");
+        let latest = store.latest_valid().expect("latest").expect("some");
+        assert_eq!(latest.step, 20);
+        // Corrupt that one too: back to the oldest.
+        std::fs::remove_file(store.dir_for(20).join("state.json")).expect("remove");
+        assert!(CheckpointStore::verify(store.dir_for(20))
+            .is_err_and(|e| e.to_string().contains("missing")));
+        assert_eq!(
+            store.latest_valid().expect("latest").map(|c| c.step),
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn truncated_file_is_detected_by_size() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 2).expect("store");
+        store.save(1, meta("h"), write_fake(1)).expect("save");
+        store.save(2, meta("h"), write_fake(2)).expect("save");
+        let model = store.dir_for(2).join("model.safetensors");
+        let bytes = std::fs::read(&model).expect("read");
+        std::fs::write(&model, &bytes[..bytes.len() / 2]).expect("truncate");
+        let err = CheckpointStore::verify(store.dir_for(2))
+            .expect_err("truncation detected")
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("size"),
+            "{err}"
+        );
+        assert_eq!(
+            store.latest_valid().expect("latest").map(|c| c.step),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn leftover_tmp_and_incomplete_dirs_are_ignored() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 5).expect("store");
+        store.save(5, meta("h"), write_fake(5)).expect("save");
+        // A crash mid-save leaves a tmp dir; a hand-made step dir has no manifest; a garbage
+        // manifest and a manifest for the wrong step are also not usable.
+        let debris = store.root().join(".tmp-step-00000009");
+        std::fs::create_dir(&debris).expect("mkdir");
+        std::fs::write(debris.join("model.safetensors"), b"partial").expect("write");
+        std::fs::create_dir(store.dir_for(8)).expect("mkdir");
+        std::fs::create_dir(store.dir_for(7)).expect("mkdir");
+        std::fs::write(store.dir_for(7).join(MANIFEST_FILE), b"{not json").expect("write");
+        std::fs::create_dir(store.dir_for(6)).expect("mkdir");
+        let wrong_step = Manifest {
+            format_version: 1,
+            step: 3,
+            files: BTreeMap::new(),
+            metadata: Default::default(),
+        };
+        std::fs::write(
+            store.dir_for(6).join(MANIFEST_FILE),
+            serde_json::to_vec(&wrong_step).expect("json"),
+        )
+        .expect("write");
+        std::fs::create_dir(store.root().join("not-a-checkpoint")).expect("mkdir");
+
+        assert_eq!(steps(&store), vec![5, 6, 7, 8]);
+        assert!(CheckpointStore::verify(store.dir_for(8))
+            .is_err_and(|e| e.to_string().contains("incomplete")));
+        assert!(CheckpointStore::verify(store.dir_for(7))
+            .is_err_and(|e| matches!(e, Error::Json { .. })));
+        assert_eq!(
+            store.latest_valid().expect("latest").map(|c| c.step),
+            Some(5)
+        );
+        assert!(!debris.exists(), "tmp debris must be cleaned up");
+    }
+
+    fn assert_untouched(store: &CheckpointStore, before: &[String]) {
+        assert_eq!(
+            &dir_names(store.root()),
+            before,
+            "root changed after a failed save"
+        );
+        for e in store.list().expect("list") {
+            CheckpointStore::verify(&e.dir).expect("previous checkpoints still verify");
+        }
+    }
+
+    #[test]
+    fn writer_error_leaves_previous_checkpoints_intact() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 1).expect("store");
+        store.save(1, meta("h"), write_fake(1)).expect("save");
+        let before = dir_names(store.root());
+
+        // 1. The writer gives up with its own error after writing part of the checkpoint.
+        let err = store
+            .save(2, meta("h"), |dir: &Path| {
+                std::fs::write(dir.join("model.safetensors"), b"half")
+                    .map_err(|e| Error::io("write", dir, e))?;
+                Err(Error::config("trainer.steps", "simulated failure"))
+            })
+            .expect_err("must fail");
+        assert!(
+            matches!(err, Error::CheckpointWrite { step: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("step 2"), "{err}");
+        assert_untouched(&store, &before);
+
+        // 2. A write that fails at the OS level (the target's parent does not exist).
+        let err = store
+            .save(2, meta("h"), |dir: &Path| {
+                let p = dir.join("no/such/dir/optim.bin");
+                std::fs::write(&p, b"x").map_err(|e| Error::io("write", p, e))
+            })
+            .expect_err("must fail");
+        assert!(err.to_string().contains("optim.bin"), "{err}");
+        assert_untouched(&store, &before);
+
+        // 3. The writer panics (e.g. a bug): the guard still removes the partial directory.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.save(2, meta("h"), |dir: &Path| {
+                std::fs::write(dir.join("a"), b"x").map_err(|e| Error::io("write", dir, e))?;
+                panic!("simulated bug in the writer");
+            });
+        }));
+        assert!(result.is_err());
+        assert_untouched(&store, &before);
+
+        assert_eq!(
+            store.latest_valid().expect("latest").map(|c| c.step),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn store_side_failures_also_clean_up() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 3).expect("store");
+        store.save(1, meta("h"), write_fake(1)).expect("save");
+        let before = dir_names(store.root());
+
+        // The manifest name is reserved.
+        let err = store
+            .save(2, meta("h"), |dir: &Path| {
+                std::fs::write(dir.join(MANIFEST_FILE), b"{}")
+                    .map_err(|e| Error::io("write", dir, e))
+            })
+            .expect_err("reserved name");
+        assert!(err.to_string().contains("reserves"), "{err}");
+        assert_untouched(&store, &before);
+
+        // Symlinks would put data outside the checkpoint.
+        #[cfg(unix)]
+        {
+            let err = store
+                .save(2, meta("h"), |dir: &Path| {
+                    std::os::unix::fs::symlink("/etc/hostname", dir.join("link"))
+                        .map_err(|e| Error::io("symlink", dir, e))
+                })
+                .expect_err("symlink refused");
+            assert!(err.to_string().contains("symlink"), "{err}");
+            assert_untouched(&store, &before);
+        }
+    }
+
+    #[test]
+    fn saving_an_existing_step_replaces_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 3).expect("store");
+        store.save(7, meta("first"), write_fake(7)).expect("save");
+        store
+            .save(7, meta("second"), write_fake(8))
+            .expect("save again");
+        assert_eq!(dir_names(store.root()), vec!["step-00000007"]);
+        let m = CheckpointStore::verify(store.dir_for(7)).expect("verify");
+        assert_eq!(m.metadata["recipe_hash"], "second");
+        assert_eq!(m.files["model.safetensors"].size, 4096 + 8);
+    }
+
+    #[test]
+    fn pruning_never_removes_the_checkpoint_just_saved() {
+        // Resumed from 100 after 300 turned out corrupt: saving 200 must keep 200.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path(), 3).expect("store");
+        for step in [100, 300] {
+            store.save(step, meta("h"), write_fake(step)).expect("save");
+        }
+        let store = CheckpointStore::new(tmp.path(), 1).expect("store");
+        store.save(200, meta("h"), write_fake(200)).expect("save");
+        assert_eq!(steps(&store), vec![200]);
+    }
+
+    #[test]
+    fn manifest_paths_cannot_escape_the_checkpoint() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("step-00000001");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(tmp.path().join("secret"), b"x").expect("write");
+        for bad in ["../secret", "/etc/hostname", ""] {
+            let mut files = BTreeMap::new();
+            files.insert(
+                bad.to_string(),
+                FileDigest {
+                    size: 1,
+                    sha256: String::new(),
+                },
+            );
+            let m = Manifest {
+                format_version: 1,
+                step: 1,
+                files,
+                metadata: Default::default(),
+            };
+            std::fs::write(
+                dir.join(MANIFEST_FILE),
+                serde_json::to_vec(&m).expect("json"),
+            )
+            .expect("write");
+            let err = CheckpointStore::verify(&dir)
+                .expect_err("must refuse")
+                .to_string();
+            assert!(err.contains("plain relative path"), "{bad}: {err}");
+        }
+        // A manifest from a future format is refused rather than misread.
+        let m = Manifest {
+            format_version: 99,
+            step: 1,
+            files: BTreeMap::new(),
+            metadata: Default::default(),
+        };
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            serde_json::to_vec(&m).expect("json"),
+        )
+        .expect("write");
+        assert!(CheckpointStore::verify(&dir).is_err_and(|e| e.to_string().contains("newer")));
+    }
+
+    #[test]
+    fn step_dir_names_parse_strictly() {
+        assert_eq!(parse_step_dir("step-00000123"), Some(123));
+        assert_eq!(parse_step_dir("step-123456789012"), Some(123_456_789_012));
+        for bad in [
+            "step-",
+            "step-12a",
+            "step--1",
+            ".tmp-step-00000001",
+            "xstep-1",
+            "step-+1",
+        ] {
+            assert_eq!(parse_step_dir(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The crate's single error type. Every variant names *where* things went wrong (a file, a
+//! key path, a step) so that a message read in a log is enough to find the cause.
+
+use std::path::PathBuf;
+
+/// Errors from the trainer's building blocks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config value is out of range or inconsistent; `key` is the dotted key path.
+    #[error("invalid config `{key}`: {reason}")]
+    Config { key: String, reason: String },
+
+    /// A file-system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("create", "read", "rename", ...), for the message.
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A TFRecord / TensorBoard event file is malformed (bad framing, CRC mismatch, bad protobuf).
+    #[error("{path}: bad record at byte {offset}: {reason}")]
+    Record {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    /// A checkpoint directory is incomplete or its manifest cannot be used.
+    #[error("checkpoint {dir}: {reason}")]
+    Checkpoint { dir: PathBuf, reason: String },
+
+    /// One file of a checkpoint does not match its manifest entry.
+    #[error("checkpoint {dir}: file `{file}` failed verification: {reason}")]
+    CheckpointFile {
+        dir: PathBuf,
+        file: String,
+        reason: String,
+    },
+
+    /// The caller's writer failed while saving the checkpoint for `step`; the partial
+    /// temporary directory has been removed and older checkpoints are untouched.
+    #[error("saving checkpoint for step {step} failed: {source}")]
+    CheckpointWrite {
+        step: u64,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// JSON could not be written or read.
+    #[error("JSON {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A metrics record could not be written (e.g. an extra field shadows a fixed one).
+    #[error("metrics {path} (step {step}): {reason}")]
+    Metrics {
+        path: PathBuf,
+        step: u64,
+        reason: String,
+    },
+
+    /// A `--set path=value` argument is malformed or cannot be applied.
+    #[error("override `{arg}`: {reason}")]
+    Override { arg: String, reason: String },
+
+    /// YAML text could not be parsed; `origin` names the file (or "--set").
+    #[error("YAML {origin}: {reason}")]
+    Yaml { origin: String, reason: String },
+
+    /// A value tree did not fit the typed config; `path` is the dotted key path
+    /// (e.g. `trainer.micro_batchh`), empty for the root.
+    #[error("config key `{path}`: {message}")]
+    Deserialize { path: String, message: String },
+}
+
+impl Error {
+    /// Shorthand for [`Error::Io`], so call sites read `.map_err(|e| Error::io("read", &p, e))`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
