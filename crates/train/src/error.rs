@@ -77,6 +77,18 @@ pub enum Error {
     /// (e.g. `trainer.micro_batchh`), empty for the root.
     #[error("config key `{path}`: {message}")]
     Deserialize { path: String, message: String },
+
+    /// The model rejected its config or a weights file.
+    #[error(transparent)]
+    Model(#[from] corenet_model::Error),
+
+    /// A libtorch operation failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    /// Optimizer state does not fit the model (a checkpoint from another model).
+    #[error("optimizer state: {0}")]
+    OptimizerState(String),
 }
 
 impl Error {

@@ -14,3 +14,6 @@ pub mod schedule;
 pub mod tensorboard;
 
 pub use error::{Error, Result};
+pub mod loss;
+pub mod optim;
+pub mod recompute;

@@ -1,0 +1,259 @@
+//! AdamW over named tensors, with state that can be saved and restored exactly (tch's libtorch
+//! optimizer exposes none). Decoupled weight decay on >= 2-D weights only (the embedding
+//! included, norm weights excluded), as CoreNet's parameter groups do. When the model runs in a
+//! 16-bit dtype the optimizer keeps f32 master weights and moments and writes the rounded result
+//! back into the model after each step.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Only "adamw".
+    pub name: String,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global L2 gradient-norm clip; null disables clipping.
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for OptimizerConfig {
+    /// OpenELM's settings.
+    fn default() -> Self {
+        OptimizerConfig {
+            name: "adamw".into(),
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: Some(1.0),
+        }
+    }
+}
+
+impl OptimizerConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.name != "adamw" {
+            return Err(Error::config(
+                "optimizer.name",
+                format!("`{}` is not supported (supported: adamw)", self.name),
+            ));
+        }
+        for (key, v) in [
+            ("optimizer.beta1", self.beta1),
+            ("optimizer.beta2", self.beta2),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(key, format!("{v} is outside [0, 1)")));
+            }
+        }
+        if !(self.eps > 0.0) {
+            return Err(Error::config("optimizer.eps", "must be positive"));
+        }
+        if !(self.weight_decay >= 0.0) {
+            return Err(Error::config("optimizer.weight_decay", "must be >= 0"));
+        }
+        if let Some(clip) = self.grad_clip {
+            if !(clip > 0.0) {
+                return Err(Error::config(
+                    "optimizer.grad_clip",
+                    "must be positive (or null to disable)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ParamState {
+    name: String,
+    /// The model's parameter (any float dtype).
+    param: Tensor,
+    /// f32 master copy when `param` is not f32.
+    master: Option<Tensor>,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    decay: bool,
+}
+
+impl ParamState {
+    fn weights(&self) -> &Tensor {
+        self.master.as_ref().unwrap_or(&self.param)
+    }
+}
+
+#[derive(Debug)]
+pub struct AdamW {
+    config: OptimizerConfig,
+    params: Vec<ParamState>,
+    /// Updates taken so far (PyTorch's per-parameter `step`, shared here).
+    step: u64,
+}
+
+impl AdamW {
+    pub fn new(named: Vec<(String, Tensor)>, config: &OptimizerConfig) -> Result<Self> {
+        config.validate()?;
+        let params = named
+            .into_iter()
+            .map(|(name, param)| {
+                let master = (param.kind() != Kind::Float)
+                    .then(|| tch::no_grad(|| param.detach().to_kind(Kind::Float)));
+                let zeros = || Tensor::zeros(param.size(), (Kind::Float, param.device()));
+                ParamState {
+                    decay: param.dim() >= 2,
+                    exp_avg: zeros(),
+                    exp_avg_sq: zeros(),
+                    name,
+                    param,
+                    master,
+                }
+            })
+            .collect();
+        Ok(AdamW {
+            config: config.clone(),
+            params,
+            step: 0,
+        })
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Global L2 norm of all gradients, in f32, on the device (no host sync).
+    pub fn grad_norm(&self) -> Tensor {
+        let squares: Vec<Tensor> = self
+            .params
+            .iter()
+            .filter_map(|p| {
+                let g = p.param.grad();
+                g.defined()
+                    .then(|| g.to_kind(Kind::Float).square().sum(Kind::Float))
+            })
+            .collect();
+        if squares.is_empty() {
+            return Tensor::from(0f32);
+        }
+        Tensor::stack(&squares, 0).sum(Kind::Float).sqrt()
+    }
+
+    /// Scales every gradient by min(1, max_norm / (norm + 1e-6)) as `clip_grad_norm_` does;
+    /// returns the norm before clipping.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Tensor {
+        let norm = self.grad_norm();
+        let factor = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
+        tch::no_grad(|| {
+            for p in &self.params {
+                let mut g = p.param.grad();
+                if g.defined() {
+                    let _ = g.g_mul_(&factor.to_kind(g.kind()));
+                }
+            }
+        });
+        norm
+    }
+
+    pub fn zero_grad(&self) {
+        for p in &self.params {
+            let mut g = p.param.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// One AdamW update at learning rate `lr` (PyTorch's single-tensor `AdamW` arithmetic).
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
+        let step_size = lr / bc1;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let g = p.param.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = g.to_kind(Kind::Float);
+                let mut w = p.weights().shallow_clone();
+                if p.decay && c.weight_decay != 0.0 {
+                    let _ = w.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let _ = p.exp_avg.lerp_(&g, 1.0 - c.beta1);
+                let _ = p.exp_avg_sq.g_mul_scalar_(c.beta2);
+                let _ = p.exp_avg_sq.addcmul_(&(&g * (1.0 - c.beta2)), &g);
+                let denom = p.exp_avg_sq.sqrt() / bc2_sqrt + c.eps;
+                let _ = w.g_sub_(&(&p.exp_avg / denom * step_size));
+                if let Some(master) = &p.master {
+                    let _ = p.param.copy_(&master.to_kind(p.param.kind()));
+                }
+            }
+        });
+    }
+
+    /// Moments and master weights with their names, for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(self.params.len() * 3);
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
+            if let Some(master) = &p.master {
+                out.push((format!("master.{}", p.name), master.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Restores what `state_tensors` saved, after `step` updates; every tensor must be present
+    /// with the right shape.
+    pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
+        for p in &mut self.params {
+            let mut take = |key: String, target: &Tensor| -> Result<()> {
+                let src = tensors
+                    .remove(&key)
+                    .ok_or_else(|| Error::OptimizerState(format!("missing `{key}`")))?;
+                if src.size() != target.size() {
+                    return Err(Error::OptimizerState(format!(
+                        "`{key}` has shape {:?}, the model needs {:?}",
+                        src.size(),
+                        target.size()
+                    )));
+                }
+                tch::no_grad(|| {
+                    target
+                        .shallow_clone()
+                        .f_copy_(&src.to_kind(target.kind()).to_device(target.device()))
+                })?;
+                Ok(())
+            };
+            take(format!("exp_avg.{}", p.name), &p.exp_avg)?;
+            take(format!("exp_avg_sq.{}", p.name), &p.exp_avg_sq)?;
+            if let Some(master) = &p.master {
+                take(format!("master.{}", p.name), master)?;
+            }
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::OptimizerState(format!(
+                "unexpected `{extra}` (from another model?)"
+            )));
+        }
+        self.step = step;
+        Ok(())
+    }
+}
