@@ -1,3 +1,43 @@
 //! corenet-data: streams raw text shards (parquet, jsonl, jsonl.zst, json.gz), tokenizes them on
 //! the fly in worker threads, mixes sources, packs or pads sequences, shards by rank and worker
 //! and resumes exactly. It never links libtorch.
+//!
+//! Data flow: [`DataConfig`] → [`Source`] (globs) → per-worker [`Shard`] plan → record readers
+//! ([`read`]) → pieces → [`TextTokenizer`] → rows (packed, or CoreNet's pad/truncate) →
+//! [`Batch`] (with the [`StreamState`] right after it) via [`DataStream`].
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod inspect;
+mod mixer;
+pub mod piece;
+mod pipeline;
+pub mod read;
+pub mod rng;
+pub mod sample;
+pub mod shard;
+pub mod source;
+mod source_stream;
+pub mod state;
+pub mod stats;
+pub mod stream;
+pub mod text_fix;
+pub mod tokenizer;
+pub mod tokenizer_train;
+mod worker;
+
+pub use batch::Batch;
+pub use config::{CorenetConfig, DataConfig, Mode, SourceConfig};
+pub use error::{Error, Result};
+pub use format::Format;
+pub use inspect::{collect_stats, peek, PeekRow, StatsReport};
+pub use sample::{write_samples, SampleOptions, SampleSummary};
+pub use shard::Shard;
+pub use source::Source;
+pub use state::{SourceState, StreamState, WorkerState};
+pub use stats::SourceStats;
+pub use stream::DataStream;
+pub use tokenizer::{HfTokenizer, TextTokenizer};
+pub use tokenizer_train::{train_tokenizer, train_tokenizer_from_texts, DEFAULT_SPECIAL_TOKENS};

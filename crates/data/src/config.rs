@@ -1,0 +1,209 @@
+//! Data configuration: the `data` section of a recipe. Plain serde structs, unknown fields
+//! rejected, defaults in `Default`, checked by `validate()`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::Format;
+
+/// How documents become fixed-length rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Documents (BOS + tokens + EOS) concatenated and cut into full rows; nothing padded.
+    #[default]
+    Packed,
+    /// CoreNet's `general_lm`: one 2048-word piece per row, filtered, truncated or padded.
+    Corenet,
+}
+
+/// One data source (a family of shards sharing a layout), with its mixing weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Name used in stats and logs.
+    pub name: String,
+    /// Files or glob patterns.
+    pub paths: Vec<String>,
+    /// Format; inferred from each file's extension when absent.
+    pub format: Option<Format>,
+    /// JSON key or parquet column holding the text; dots descend into JSON objects.
+    pub text_key: String,
+    /// Relative sampling weight (rows drawn from this source ∝ weight).
+    pub weight: f64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            name: String::new(),
+            paths: Vec::new(),
+            format: None,
+            text_key: "text".into(),
+            weight: 1.0,
+        }
+    }
+}
+
+/// CoreNet-mode filters (corenet-spec §3.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorenetConfig {
+    /// Words (split on single spaces) per piece.
+    pub document_split_size: usize,
+    /// Pieces whose normalised copy is shorter than this many characters are dropped.
+    pub min_characters: usize,
+    /// Pieces with fewer tokens (BOS and EOS included) are dropped.
+    pub min_tokens: usize,
+    /// Apply the ftfy-like text cleanup and NFC before tokenizing.
+    pub fix_text: bool,
+}
+
+impl Default for CorenetConfig {
+    fn default() -> Self {
+        CorenetConfig {
+            document_split_size: 2048,
+            min_characters: 200,
+            min_tokens: 256,
+            fix_text: true,
+        }
+    }
+}
+
+/// The whole data pipeline's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub sources: Vec<SourceConfig>,
+    /// Path of a Hugging Face `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// Tokens per training row; each row holds `seq_len + 1` ids (inputs and shifted targets).
+    pub seq_len: usize,
+    pub mode: Mode,
+    /// Rows per batch.
+    pub micro_batch: usize,
+    /// Seeds file order and source mixing.
+    pub seed: u64,
+    /// Worker threads per rank (each reads a disjoint part of the data, like CoreNet's workers).
+    pub workers: usize,
+    /// Batches each worker may prepare ahead of the consumer.
+    pub prefetch: usize,
+    /// Turn skipped bad records or files into errors.
+    pub strict: bool,
+    pub corenet: CorenetConfig,
+    /// Packed mode tokenizes long documents in pieces of at most this many bytes, cut at
+    /// whitespace, so a huge document never sits whole in the tokenizer.
+    pub max_piece_bytes: usize,
+    /// Records longer than this (bytes) are skipped as bad records.
+    pub max_record_bytes: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            sources: Vec::new(),
+            tokenizer: PathBuf::new(),
+            seq_len: 2048,
+            mode: Mode::Packed,
+            micro_batch: 16,
+            seed: 0,
+            workers: 1,
+            prefetch: 2,
+            strict: false,
+            corenet: CorenetConfig::default(),
+            max_piece_bytes: 16 * 1024,
+            max_record_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks every field; call before building a stream.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.sources.is_empty() {
+            return bad("no sources".into());
+        }
+        for (name, v) in [
+            ("seq_len", self.seq_len),
+            ("micro_batch", self.micro_batch),
+            ("workers", self.workers),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be > 0"));
+            }
+        }
+        if self.prefetch == 0 || self.max_piece_bytes < 16 || self.max_record_bytes == 0 {
+            return bad(
+                "prefetch, max_piece_bytes (>= 16) and max_record_bytes must be positive".into(),
+            );
+        }
+        if self.corenet.document_split_size == 0 {
+            return bad("corenet.document_split_size must be > 0".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.sources {
+            s.validate()?;
+            if !names.insert(s.name.as_str()) {
+                return bad(format!("duplicate source name `{}`", s.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    /// Checks one source.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("source `{}`: {m}", self.name)));
+        if self.name.is_empty() {
+            return bad("empty name".into());
+        }
+        if self.paths.is_empty() {
+            return bad("no paths".into());
+        }
+        if self.text_key.is_empty() || self.text_key.split('.').any(str::is_empty) {
+            return bad(format!("bad text_key `{}`", self.text_key));
+        }
+        if !(self.weight.is_finite() && self.weight > 0.0) {
+            return bad(format!("weight must be positive, got {}", self.weight));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_fields() {
+        let json = r#"{"sources":[{"name":"rw","paths":["*.parquet"],"text_key":"content","weight":2}],
+            "tokenizer":"t.json","seq_len":8,"micro_batch":2,"mode":"corenet"}"#;
+        let cfg: DataConfig = serde_json::from_str(json).expect("valid config");
+        assert_eq!(cfg.mode, Mode::Corenet);
+        assert_eq!(cfg.corenet.min_tokens, 256);
+        assert!(cfg.validate().is_ok());
+        assert!(serde_json::from_str::<DataConfig>(r#"{"seqlen":8}"#).is_err());
+    }
+
+    #[test]
+    fn validate_catches_bad_values() {
+        let mut cfg = DataConfig {
+            sources: vec![SourceConfig {
+                name: "a".into(),
+                paths: vec!["x".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(cfg.validate().is_ok());
+        cfg.sources[0].weight = 0.0;
+        assert!(cfg.validate().is_err());
+        cfg.sources[0].weight = 1.0;
+        cfg.seq_len = 0;
+        assert!(cfg.validate().is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! A source resolved from its config: the sorted list of its files with their formats.
+
+use std::path::PathBuf;
+
+use crate::config::SourceConfig;
+use crate::error::{Error, Result};
+use crate::format::Format;
+
+/// One shard file of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardFile {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
+/// A source with its globs expanded.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text_key: String,
+    pub weight: f64,
+    /// Sorted, so every rank sees the same list.
+    pub files: Vec<ShardFile>,
+}
+
+impl Source {
+    /// Expands the config's paths and globs; errors when nothing matches.
+    pub fn resolve(cfg: &SourceConfig) -> Result<Source> {
+        cfg.validate()?;
+        let mut paths = Vec::new();
+        for pattern in &cfg.paths {
+            let glob_err = |message: String| Error::Glob {
+                source_name: cfg.name.clone(),
+                pattern: pattern.clone(),
+                message,
+            };
+            for entry in glob::glob(pattern).map_err(|e| glob_err(e.to_string()))? {
+                let path = entry.map_err(|e| glob_err(e.to_string()))?;
+                if path.is_file() {
+                    paths.push(path);
+                }
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        if paths.is_empty() {
+            return Err(Error::NoFiles {
+                source_name: cfg.name.clone(),
+                patterns: cfg.paths.clone(),
+            });
+        }
+        let files = paths
+            .into_iter()
+            .map(|path| {
+                let format = match cfg.format {
+                    Some(f) => f,
+                    None => Format::infer(&path)?,
+                };
+                Ok(ShardFile { path, format })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Source {
+            name: cfg.name.clone(),
+            text_key: cfg.text_key.clone(),
+            weight: cfg.weight,
+            files,
+        })
+    }
+}

@@ -1,0 +1,326 @@
+//! One worker's view of one source: files → records → pieces → tokens → rows, with a position
+//! that can be saved after any row and restored exactly.
+
+use std::sync::Arc;
+
+use crate::config::Mode;
+use crate::error::{Error, Result};
+use crate::piece::{corenet_next_start, corenet_piece_end, normalized_len, packed_piece_end};
+use crate::pipeline::Pipeline;
+use crate::read::{self, OpenSpec, Position, ReadItem, RecordReader, Stride};
+use crate::shard::Shard;
+use crate::state::SourceState;
+use crate::stats::SourceStats;
+use crate::text_fix::fix_text;
+
+/// The document being consumed.
+struct OpenDoc {
+    text: String,
+    end: Position,
+    piece: Option<Piece>,
+}
+
+/// The tokens of the current piece of the document.
+struct Piece {
+    next_start: usize,
+    tokens: Vec<u32>,
+}
+
+/// Row producer for one (source, worker).
+pub struct SourceStream {
+    index: usize,
+    shard: Shard,
+    pipe: Arc<Pipeline>,
+    pub state: SourceState,
+    pub stats: crate::stats::SourceStats,
+    plan: Option<Vec<(usize, Stride)>>,
+    reader: Option<Box<dyn RecordReader>>,
+    doc: Option<OpenDoc>,
+}
+
+impl SourceStream {
+    /// A stream positioned at `state` (the default state is the very beginning).
+    pub fn new(
+        index: usize,
+        shard: Shard,
+        pipe: Arc<Pipeline>,
+        state: SourceState,
+        stats: SourceStats,
+    ) -> Self {
+        SourceStream {
+            index,
+            shard,
+            pipe,
+            state,
+            stats,
+            plan: None,
+            reader: None,
+            doc: None,
+        }
+    }
+
+    /// Appends one row of `seq_len + 1` ids to `out`.
+    pub fn next_row(&mut self, out: &mut Vec<u32>) -> Result<()> {
+        let need = self.pipe.row_len();
+        match self.pipe.config.mode {
+            Mode::Packed => self.packed_row(out, need)?,
+            Mode::Corenet => self.corenet_row(out, need)?,
+        }
+        self.stats.rows += 1;
+        self.settle();
+        Ok(())
+    }
+
+    /// Fills a row from consecutive pieces; the rest of the last piece waits for the next row.
+    fn packed_row(&mut self, out: &mut Vec<u32>, need: usize) -> Result<()> {
+        let mut got = 0;
+        while got < need {
+            self.advance()?;
+            let off = self.state.token_offset as usize;
+            let tokens = self.current_tokens();
+            let take = (need - got).min(tokens.len() - off);
+            out.extend_from_slice(&tokens[off..off + take]);
+            self.state.token_offset += take as u64;
+            got += take;
+        }
+        self.stats.tokens += need as u64;
+        Ok(())
+    }
+
+    /// One piece per row: truncated, or right-padded with the pad id (CoreNet).
+    fn corenet_row(&mut self, out: &mut Vec<u32>, need: usize) -> Result<()> {
+        let pad = self.pipe.tokenizer.pad_id();
+        self.advance()?;
+        let tokens = self.current_tokens();
+        let (len, n) = (tokens.len(), tokens.len().min(need));
+        out.extend_from_slice(&tokens[..n]);
+        out.resize(out.len() + need - n, pad);
+        self.state.token_offset = len as u64;
+        self.stats.tokens += n as u64;
+        self.stats.pad_tokens += (need - n) as u64;
+        Ok(())
+    }
+
+    /// Makes sure a piece with unconsumed tokens is loaded and returns its tokens.
+    fn advance(&mut self) -> Result<()> {
+        loop {
+            self.settle();
+            match &self.doc {
+                Some(doc) if doc.piece.is_some() => break,
+                Some(_) => {
+                    let piece = self.make_piece()?;
+                    if let Some(doc) = self.doc.as_mut() {
+                        doc.piece = Some(piece);
+                    }
+                }
+                None => self.open_next_doc()?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens of the loaded piece (empty when none is loaded).
+    fn current_tokens(&self) -> &[u32] {
+        self.doc
+            .as_ref()
+            .and_then(|d| d.piece.as_ref())
+            .map_or(&[], |p| p.tokens.as_slice())
+    }
+
+    /// Book-keeping without reading: closes an exhausted piece and a finished document, so a
+    /// saved state never points at data that is already consumed.
+    fn settle(&mut self) {
+        let Some(doc) = self.doc.as_mut() else { return };
+        if let Some(p) = &doc.piece {
+            if (self.state.token_offset as usize) < p.tokens.len() {
+                return;
+            }
+            self.state.piece_start = p.next_start as u64;
+            self.state.token_offset = 0;
+            doc.piece = None;
+        }
+        if self.state.piece_start as usize >= doc.text.len() {
+            self.state.record = Some(doc.end);
+            self.state.piece_start = 0;
+            self.state.token_offset = 0;
+            self.doc = None;
+            self.stats.documents += 1;
+        }
+    }
+
+    /// Tokenizes the piece of the current document starting at `state.piece_start`.
+    /// Pieces that CoreNet would drop come back empty and are counted.
+    fn make_piece(&mut self) -> Result<Piece> {
+        let Some(doc) = self.doc.as_ref() else {
+            return Err(Error::Config("internal: no document".into()));
+        };
+        let (text, start) = (doc.text.as_str(), self.state.piece_start as usize);
+        let start = start.min(text.len());
+        let tok = &self.pipe.tokenizer;
+        let cfg = &self.pipe.config;
+        let piece = match cfg.mode {
+            Mode::Packed => {
+                let end = packed_piece_end(text, start, cfg.max_piece_bytes);
+                let mut tokens = Vec::with_capacity(end - start + 2);
+                if start == 0 {
+                    tokens.push(tok.bos_id());
+                }
+                tokens.extend(tok.encode(&text[start..end])?);
+                if end == text.len() {
+                    tokens.push(tok.eos_id());
+                }
+                Piece {
+                    next_start: end,
+                    tokens,
+                }
+            }
+            Mode::Corenet => {
+                let end = corenet_piece_end(text, start, cfg.corenet.document_split_size);
+                let next_start = corenet_next_start(text, end);
+                let raw = &text[start..end];
+                let min_chars = cfg.corenet.min_characters;
+                let mut tokens = Vec::new();
+                if normalized_len(raw, min_chars) >= min_chars {
+                    let clean = if cfg.corenet.fix_text {
+                        fix_text(raw)
+                    } else {
+                        raw.to_string()
+                    };
+                    tokens.push(tok.bos_id());
+                    tokens.extend(tok.encode(&clean)?);
+                    tokens.push(tok.eos_id());
+                    if tokens.len() < cfg.corenet.min_tokens {
+                        tokens.clear();
+                    }
+                }
+                Piece { next_start, tokens }
+            }
+        };
+        if piece.tokens.is_empty() {
+            self.stats.dropped_pieces += 1;
+        } else {
+            self.state.progressed = true;
+        }
+        Ok(piece)
+    }
+
+    /// Reads records until the next usable document, crossing files and epochs.
+    fn open_next_doc(&mut self) -> Result<()> {
+        loop {
+            if self.reader.is_none() && !self.open_reader()? {
+                continue;
+            }
+            let Some(reader) = self.reader.as_mut() else {
+                continue;
+            };
+            match reader.next_item() {
+                Err(e) => self.skip_file(e)?,
+                Ok(None) => self.next_file(),
+                Ok(Some(ReadItem::Bad(e))) => self.skip_record(e)?,
+                Ok(Some(ReadItem::Doc(rec))) => {
+                    self.state.record = Some(rec.start);
+                    if rec.text.is_empty() {
+                        self.stats.dropped_pieces += 1;
+                    }
+                    self.doc = Some(OpenDoc {
+                        text: rec.text,
+                        end: rec.end,
+                        piece: None,
+                    });
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Opens the current file of the plan at the saved record; false when it had to move on
+    /// (next epoch, or an unreadable file skipped).
+    fn open_reader(&mut self) -> Result<bool> {
+        let pipe = Arc::clone(&self.pipe);
+        let source = &pipe.sources[self.index];
+        let (seed, index, epoch) = (pipe.config.seed, self.index, self.state.epoch);
+        let plan = self
+            .plan
+            .get_or_insert_with(|| self_plan(&self.shard, source.files.len(), seed, index, epoch));
+        let Some(&(file, stride)) = plan.get(self.state.file as usize) else {
+            self.next_epoch()?;
+            return Ok(false);
+        };
+        let shard_file = &source.files[file];
+        let spec = OpenSpec {
+            path: &shard_file.path,
+            format: shard_file.format,
+            text_key: &source.text_key,
+            stride,
+            max_record_bytes: pipe.config.max_record_bytes,
+        };
+        let at = self
+            .state
+            .record
+            .unwrap_or(Position::start(shard_file.format));
+        match read::open(&spec, at) {
+            Ok(reader) => {
+                self.reader = Some(reader);
+                Ok(true)
+            }
+            Err(e) => {
+                self.skip_file(e)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn skip_record(&mut self, e: Error) -> Result<()> {
+        if self.pipe.config.strict {
+            return Err(e);
+        }
+        tracing::warn!(source = %self.pipe.sources[self.index].name, error = %e, "skipping bad record");
+        self.stats.bad_records += 1;
+        Ok(())
+    }
+
+    fn skip_file(&mut self, e: Error) -> Result<()> {
+        if self.pipe.config.strict || !e.is_skippable() {
+            return Err(e);
+        }
+        tracing::warn!(source = %self.pipe.sources[self.index].name, error = %e, "skipping rest of file");
+        self.stats.bad_files += 1;
+        self.next_file();
+        Ok(())
+    }
+
+    fn next_file(&mut self) {
+        self.state.file += 1;
+        self.state.record = None;
+        self.reader = None;
+    }
+
+    fn next_epoch(&mut self) -> Result<()> {
+        if !self.state.progressed {
+            return Err(Error::SourceExhausted {
+                source_name: self.pipe.sources[self.index].name.clone(),
+                rank: self.shard.rank,
+                worker: self.shard.worker,
+                epoch: self.state.epoch,
+            });
+        }
+        tracing::debug!(source = %self.pipe.sources[self.index].name, epoch = self.state.epoch, "epoch done");
+        self.state = SourceState {
+            epoch: self.state.epoch + 1,
+            ..SourceState::default()
+        };
+        self.stats.epochs += 1;
+        self.plan = None;
+        Ok(())
+    }
+}
+
+fn self_plan(
+    shard: &Shard,
+    n_files: usize,
+    seed: u64,
+    source: usize,
+    epoch: u64,
+) -> Vec<(usize, Stride)> {
+    shard.epoch_plan(n_files, seed, source, epoch)
+}

@@ -1,0 +1,102 @@
+//! The tokenizer seam. The pipeline only needs ids for text, the special ids and a decoder for
+//! `peek`; SentencePiece's `tokenizer.model` can slot in behind the same trait later.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// What the data pipeline needs from a tokenizer. Shared by worker threads, hence `Sync`.
+pub trait TextTokenizer: Send + Sync {
+    /// Ids of `text`, without any special tokens added.
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    /// Text of `ids` (for inspection; special tokens kept).
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+    fn bos_id(&self) -> u32;
+    fn eos_id(&self) -> u32;
+    /// Padding id; CoreNet uses the vocabulary size when the model has no pad token.
+    fn pad_id(&self) -> u32;
+    fn vocab_size(&self) -> usize;
+}
+
+/// A Hugging Face `tokenizers` tokenizer loaded from `tokenizer.json`.
+///
+/// Differs from CoreNet's SentencePiece path in one way worth knowing: special-token strings
+/// that occur literally in a document (e.g. `</s>`) are matched as added tokens by `tokenizers`.
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: u32,
+    eos: u32,
+    pad: u32,
+    vocab: usize,
+}
+
+const BOS_NAMES: [&str; 3] = ["<s>", "<|begin_of_text|>", "<|endoftext|>"];
+const EOS_NAMES: [&str; 3] = ["</s>", "<|end_of_text|>", "<|endoftext|>"];
+
+impl HfTokenizer {
+    /// Loads `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            context: format!("loading {}", path.display()),
+            message: e.to_string(),
+        })?;
+        Self::new(inner)
+    }
+
+    /// Wraps a tokenizer, looking its BOS/EOS/pad ids up among its tokens.
+    pub fn new(inner: tokenizers::Tokenizer) -> Result<Self> {
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let missing = |what: &str, names: &[&str]| Error::Tokenizer {
+            context: "special tokens".into(),
+            message: format!("no {what} token (looked for {names:?})"),
+        };
+        let bos = find(&BOS_NAMES).ok_or_else(|| missing("BOS", &BOS_NAMES))?;
+        let eos = find(&EOS_NAMES).ok_or_else(|| missing("EOS", &EOS_NAMES))?;
+        let vocab = inner.get_vocab_size(true);
+        let pad = inner.token_to_id("<pad>").unwrap_or(vocab as u32);
+        Ok(HfTokenizer {
+            inner,
+            bos,
+            eos,
+            pad,
+            vocab,
+        })
+    }
+}
+
+impl TextTokenizer for HfTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        // encode_fast skips offset tracking, which the pipeline never needs.
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer {
+                context: format!("encoding {} bytes", text.len()),
+                message: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer {
+            context: "decoding".into(),
+            message: e.to_string(),
+        })
+    }
+
+    fn bos_id(&self) -> u32 {
+        self.bos
+    }
+
+    fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+}

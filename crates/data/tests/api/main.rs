@@ -1,0 +1,11 @@
+//! Public-API tests of corenet-data: real shards in every format, written to temp dirs and
+//! read back through the whole stream.
+
+mod bad_input;
+mod common;
+mod corenet_mode;
+mod coverage;
+mod formats;
+mod mixing;
+mod resume;
+mod tools;
