@@ -30,3 +30,52 @@ pub fn corenet(args: &[&str]) -> Output {
         .output()
         .expect("run corenet")
 }
+
+/// The workspace root (recipes/, .cache/ live here).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the sample shards and a small tokenizer under `dir/data/sample`, as scripts/demo.sh
+/// does, from the corpus scripts/setup.sh fetched.
+pub fn build_sample_data(dir: &std::path::Path, vocab: usize) {
+    let corpus = workspace_root().join(".cache/corpus/shakespeare");
+    assert!(
+        corpus.is_dir(),
+        "{} is missing: run scripts/setup.sh",
+        corpus.display()
+    );
+    let out = dir.join("data/sample");
+    let run = |args: &[&str]| {
+        let o = Command::new(corenet_bin())
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run corenet");
+        assert!(
+            o.status.success(),
+            "corenet {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "data",
+        "sample",
+        "--corpus",
+        &corpus.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    let files = format!("{}/**/*.txt", corpus.display());
+    let tokenizer = out.join("tokenizer.json");
+    run(&[
+        "tokenizer",
+        "train",
+        "--files",
+        &files,
+        "--vocab-size",
+        &vocab.to_string(),
+        "--out",
+        &tokenizer.to_string_lossy(),
+    ]);
+}

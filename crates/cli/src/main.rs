@@ -1,8 +1,12 @@
 //! `corenet`: the command-line front end of corenet-rs. Argument parsing and dispatch only; the
 //! work happens in the library crates.
 
+mod data_cmd;
+mod checkpoint_cmd;
 mod model_cmd;
 mod number;
+mod train_cmd;
+mod tokenizer_cmd;
 
 use std::process::ExitCode;
 
@@ -21,10 +25,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train from a recipe (YAML); resumable with --resume auto.
+    Train(train_cmd::TrainArgs),
+    /// Work with checkpoints.
+    Checkpoint {
+        #[command(subcommand)]
+        command: checkpoint_cmd::CheckpointCommand,
+    },
     /// Inspect model architectures.
     Model {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
+    },
+    /// Build demo shards, and inspect the data stream (per-source stats, decoded rows).
+    Data {
+        #[command(subcommand)]
+        command: data_cmd::DataCommand,
+    },
+    /// Train a BPE tokenizer on plain text.
+    Tokenizer {
+        #[command(subcommand)]
+        command: tokenizer_cmd::TokenizerCommand,
     },
 }
 
@@ -37,7 +58,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        Command::Train(args) => train_cmd::run(args),
+        Command::Checkpoint { command } => checkpoint_cmd::run(command),
         Command::Model { command } => model_cmd::run(command),
+        Command::Data { command } => data_cmd::run(command),
+        Command::Tokenizer { command } => tokenizer_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,4 +26,4 @@ pub use kv_cache::KvCache;
 pub use openelm::OpenElm;
 pub use preset::PRESETS;
 pub use scaling::LayerDims;
-pub use weights::{save_tensors, tensor_shapes};
+pub use weights::{load_tensors, save_tensors, tensor_shapes};

@@ -221,3 +221,18 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         message: e.to_string(),
     })
 }
+
+/// Reads every tensor of a safetensors file (CPU copies, in file order).
+pub fn load_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = read_file(path)?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::SafeTensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (name, view) in file.tensors() {
+        let tensor = tensor_from_view(path, &name, &view)?;
+        out.push((name, tensor));
+    }
+    Ok(out)
+}

@@ -82,6 +82,10 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] corenet_model::Error),
 
+    /// The data pipeline failed (file, offset and key are in the message).
+    #[error(transparent)]
+    Data(#[from] corenet_data::Error),
+
     /// A libtorch operation failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -89,6 +93,25 @@ pub enum Error {
     /// Optimizer state does not fit the model (a checkpoint from another model).
     #[error("optimizer state: {0}")]
     OptimizerState(String),
+
+    /// Too many consecutive steps had a non-finite loss or gradient; the last good state was
+    /// saved at `step`.
+    #[error("{count} consecutive steps had a non-finite loss or gradient norm; stopped at step {step} (last good state saved)")]
+    NonFinite { count: u32, step: u64 },
+
+    /// A collective, the rendezvous or the process-group store failed (a dead or unreachable
+    /// rank, a timeout, a port in use, mismatched shapes); `op` names the operation.
+    #[error("distributed {op} failed: {message}")]
+    Dist { op: String, message: String },
+
+    /// A launcher environment variable (RANK, WORLD_SIZE, MASTER_PORT, SLURM_PROCID, ...) is
+    /// missing, garbled or inconsistent with the others.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+
+    /// A multi-tensor kernel of the C++ shim (`_fused_adamw_`, `_foreach_norm`) failed.
+    #[error("{op}: {message}")]
+    Fused { op: String, message: String },
 }
 
 impl Error {

@@ -16,4 +16,14 @@ pub mod tensorboard;
 pub use error::{Error, Result};
 pub mod loss;
 pub mod optim;
+pub mod recipe;
 pub mod recompute;
+pub mod train_state;
+pub mod trainer;
+
+pub use recipe::Recipe;
+pub use trainer::{Resume, RunSummary, TrainOptions, Trainer};
+pub mod average;
+pub mod dist;
+pub mod fused;
+mod shim;

@@ -54,14 +54,14 @@ impl OptimizerConfig {
                 return Err(Error::config(key, format!("{v} is outside [0, 1)")));
             }
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(Error::config("optimizer.eps", "must be positive"));
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return Err(Error::config("optimizer.weight_decay", "must be >= 0"));
         }
         if let Some(clip) = self.grad_clip {
-            if !(clip > 0.0) {
+            if clip.is_nan() || clip <= 0.0 {
                 return Err(Error::config(
                     "optimizer.grad_clip",
                     "must be positive (or null to disable)",
@@ -198,7 +198,7 @@ impl AdamW {
                 let denom = p.exp_avg_sq.sqrt() / bc2_sqrt + c.eps;
                 let _ = w.g_sub_(&(&p.exp_avg / denom * step_size));
                 if let Some(master) = &p.master {
-                    let _ = p.param.copy_(&master.to_kind(p.param.kind()));
+                    p.param.copy_(&master.to_kind(p.param.kind()));
                 }
             }
         });

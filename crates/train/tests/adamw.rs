@@ -133,16 +133,9 @@ fn bf16_params_get_f32_master_weights_and_state_round_trips() {
             opt.step_count(),
         )
         .expect("load");
-    for (a, b) in [(&p, &q)] {
-        set_grad(
-            a,
-            &Tensor::full([4, 3], 0.5, (Kind::BFloat16, tch::Device::Cpu)),
-        );
-        set_grad(
-            b,
-            &Tensor::full([4, 3], 0.5, (Kind::BFloat16, tch::Device::Cpu)),
-        );
-    }
+    let half = || Tensor::full([4, 3], 0.5, (Kind::BFloat16, tch::Device::Cpu));
+    set_grad(&p, &half());
+    set_grad(&q, &half());
     opt.step(1e-3);
     restored.step(1e-3);
     assert!(p.equal(&q), "resumed optimizer diverged");

@@ -1,0 +1,352 @@
+// corenet-train's C++ shim over libtorch: c10d process groups (Gloo on CPU, NCCL on GPU when
+// built with -DUSE_C10D_NCCL) and the multi-tensor ops tch does not bind (`_fused_adamw_`,
+// `_foreach_norm`). See ../shared/docs/toolchain.md §5-§6.
+//
+// Conventions for every `extern "C"` entry point:
+// * the body runs inside try/catch, so no C++ exception ever crosses the FFI boundary;
+// * the return value is nullptr on success, or a malloc'd NUL-terminated error message that the
+//   caller releases with `shim_free`;
+// * a tensor crosses as `at::Tensor*` (tch's `*mut C_tensor`): copying the handle shares the
+//   storage, so in-place collectives update the caller's tensor.
+
+#include <ATen/ATen.h>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Dist {
+  c10::intrusive_ptr<c10d::Store> tcp;   // the rendezvous store (rank 0 hosts the server)
+  c10::intrusive_ptr<c10d::Store> user;  // PrefixStore for the caller's own keys
+  c10::intrusive_ptr<c10d::Backend> pg;
+  int rank;
+  int world;
+};
+
+char* dup_string(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, s.c_str(), s.size() + 1);
+  }
+  return out;
+}
+
+// Runs `f`, turning any exception into an error message.
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return dup_string(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return dup_string(e.what());
+  } catch (...) {
+    return dup_string("unknown C++ exception");
+  }
+}
+
+Dist& dist(void* h) {
+  if (h == nullptr) {
+    throw std::invalid_argument("process group handle is null (already destroyed?)");
+  }
+  return *static_cast<Dist*>(h);
+}
+
+const at::Tensor& tensor(const void* p) {
+  if (p == nullptr) {
+    throw std::invalid_argument("null tensor pointer");
+  }
+  const at::Tensor& t = *static_cast<const at::Tensor*>(p);
+  if (!t.defined()) {
+    throw std::invalid_argument("undefined tensor");
+  }
+  return t;
+}
+
+std::vector<at::Tensor> tensors(const void* const* ps, size_t n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    v.push_back(tensor(ps[i]));
+  }
+  return v;
+}
+
+// reduce op codes shared with Rust: 0 = sum, 1 = average (sum, then divide by the world size).
+void finish_reduce(Dist& d, at::Tensor& t, int op) {
+  if (op == 1) {
+    t.div_(static_cast<double>(d.world));
+  } else if (op != 0) {
+    throw std::invalid_argument("unknown reduce op code " + std::to_string(op));
+  }
+}
+
+void wait(const c10::intrusive_ptr<c10d::Work>& work) {
+  work->wait();
+}
+
+}  // namespace
+
+extern "C" {
+
+void shim_free(void* p) {
+  std::free(p);
+}
+
+// backend: 0 = gloo, 1 = nccl (only when compiled with USE_C10D_NCCL). `device_index` is the
+// CUDA device NCCL uses (LOCAL_RANK); ignored by gloo.
+char* shim_dist_init(const char* addr, int port, int rank, int world, int64_t timeout_ms,
+                     int backend, int device_index, void** out) {
+  return guarded([&] {
+    *out = nullptr;
+    if (port <= 0 || port > 65535) {
+      throw std::invalid_argument("port " + std::to_string(port) + " is outside 1..65535");
+    }
+    const auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<std::uint16_t>(port);
+    o.isServer = rank == 0;
+    o.numWorkers = static_cast<std::size_t>(world);
+    o.waitWorkers = true;
+    o.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(addr), o);
+    auto pg_store = c10::make_intrusive<c10d::PrefixStore>("corenet_pg/0", tcp);
+    auto user_store = c10::make_intrusive<c10d::PrefixStore>("corenet_user", tcp);
+    c10::intrusive_ptr<c10d::Backend> pg;
+    if (backend == 0) {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+      if (ifname != nullptr && ifname[0] != '\0') {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(addr));
+      }
+      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(pg_store, rank, world, opts);
+    } else if (backend == 1) {
+#ifdef USE_C10D_NCCL
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(device_index));
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg_store, rank, world, opts);
+#else
+      (void)device_index;
+      throw std::invalid_argument(
+          "the nccl backend was not compiled in (build corenet-train with the `nccl` feature)");
+#endif
+    } else {
+      throw std::invalid_argument("unknown backend code " + std::to_string(backend));
+    }
+    *out = new Dist{tcp, user_store, pg, rank, world};
+  });
+}
+
+char* shim_dist_destroy(void* h) {
+  return guarded([&] {
+    if (h != nullptr) {
+      delete static_cast<Dist*>(h);
+    }
+  });
+}
+
+char* shim_all_reduce(void* h, const void* t, int op) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    at::Tensor x = tensor(t);
+    std::vector<at::Tensor> v{x};
+    wait(d.pg->allreduce(v, c10d::AllreduceOptions()));
+    finish_reduce(d, x, op);
+  });
+}
+
+// One collective over a bucket: the tensors (same dtype and device) are flattened into one
+// buffer, reduced, and copied back.
+char* shim_all_reduce_coalesced(void* h, const void* const* ts, size_t n, int op) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    if (n == 0) {
+      return;
+    }
+    std::vector<at::Tensor> v = tensors(ts, n);
+    std::vector<at::Tensor> flat_parts;
+    std::vector<int64_t> sizes;
+    flat_parts.reserve(n);
+    sizes.reserve(n);
+    for (const auto& x : v) {
+      if (x.scalar_type() != v[0].scalar_type() || x.device() != v[0].device()) {
+        throw std::invalid_argument(
+            "all_reduce_coalesced: tensors must share one dtype and device");
+      }
+      flat_parts.push_back(x.reshape({-1}));
+      sizes.push_back(x.numel());
+    }
+    at::Tensor flat = at::cat(flat_parts);
+    std::vector<at::Tensor> buf{flat};
+    wait(d.pg->allreduce(buf, c10d::AllreduceOptions()));
+    finish_reduce(d, flat, op);
+    auto pieces = flat.split_with_sizes(sizes);
+    for (size_t i = 0; i < n; ++i) {
+      v[i].copy_(pieces[i].view(v[i].sizes()));
+    }
+  });
+}
+
+// `input` is the flat tensor (world * shard elements); `output` receives this rank's reduced
+// shard (input.numel() / world elements, same dtype).
+char* shim_reduce_scatter(void* h, const void* input, const void* output, int op) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    at::Tensor in = tensor(input);
+    at::Tensor out = tensor(output);
+    if (in.numel() != out.numel() * d.world) {
+      throw std::invalid_argument("reduce_scatter: input has " + std::to_string(in.numel()) +
+                                  " elements, expected world_size * output = " +
+                                  std::to_string(out.numel() * d.world));
+    }
+    at::Tensor in_flat = in.contiguous().reshape({-1});
+    at::Tensor out_flat = out.is_contiguous() ? out.view({-1}) : out.contiguous().view({-1});
+    if (d.pg->getBackendName() == "gloo") {
+      // Gloo's list form: one input chunk per rank.
+      std::vector<at::Tensor> outs{out_flat};
+      std::vector<std::vector<at::Tensor>> ins{in_flat.chunk(d.world)};
+      wait(d.pg->reduce_scatter(outs, ins, c10d::ReduceScatterOptions()));
+    } else {
+      wait(d.pg->_reduce_scatter_base(out_flat, in_flat, c10d::ReduceScatterOptions()));
+    }
+    finish_reduce(d, out_flat, op);
+    if (!out.is_contiguous()) {
+      out.copy_(out_flat.view(out.sizes()));
+    }
+  });
+}
+
+// `input` is this rank's shard; `output` (world * shard elements) receives every rank's shard
+// in rank order.
+char* shim_all_gather(void* h, const void* input, const void* output) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    at::Tensor in = tensor(input);
+    at::Tensor out = tensor(output);
+    if (out.numel() != in.numel() * d.world) {
+      throw std::invalid_argument("all_gather: output has " + std::to_string(out.numel()) +
+                                  " elements, expected world_size * input = " +
+                                  std::to_string(in.numel() * d.world));
+    }
+    at::Tensor in_flat = in.contiguous().reshape({-1});
+    at::Tensor out_flat = out.is_contiguous() ? out.view({-1}) : out.contiguous().view({-1});
+    if (d.pg->getBackendName() == "gloo") {
+      std::vector<std::vector<at::Tensor>> outs{out_flat.chunk(d.world)};
+      std::vector<at::Tensor> ins{in_flat};
+      wait(d.pg->allgather(outs, ins, c10d::AllgatherOptions()));
+    } else {
+      wait(d.pg->_allgather_base(out_flat, in_flat, c10d::AllgatherOptions()));
+    }
+    if (!out.is_contiguous()) {
+      out.copy_(out_flat.view(out.sizes()));
+    }
+  });
+}
+
+char* shim_broadcast(void* h, const void* t, int root) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    if (root < 0 || root >= d.world) {
+      throw std::invalid_argument("broadcast: root " + std::to_string(root) +
+                                  " is not a rank of a world of " + std::to_string(d.world));
+    }
+    std::vector<at::Tensor> v{tensor(t)};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    wait(d.pg->broadcast(v, o));
+  });
+}
+
+char* shim_barrier(void* h) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    wait(d.pg->barrier(c10d::BarrierOptions()));
+  });
+}
+
+char* shim_store_set(void* h, const char* key, const uint8_t* data, size_t len) {
+  return guarded([&] {
+    Dist& d = dist(h);
+    d.user->set(std::string(key), std::vector<uint8_t>(data, data + len));
+  });
+}
+
+// Waits (up to the store's timeout) for `key`; the value is returned as a malloc'd buffer that
+// the caller releases with `shim_free`.
+char* shim_store_get(void* h, const char* key, uint8_t** out, size_t* out_len) {
+  return guarded([&] {
+    *out = nullptr;
+    *out_len = 0;
+    Dist& d = dist(h);
+    std::vector<uint8_t> v = d.user->get(std::string(key));
+    uint8_t* buf = static_cast<uint8_t*>(std::malloc(v.empty() ? 1 : v.size()));
+    if (buf == nullptr) {
+      throw std::bad_alloc();
+    }
+    if (!v.empty()) {
+      std::memcpy(buf, v.data(), v.size());
+    }
+    *out = buf;
+    *out_len = v.size();
+  });
+}
+
+// One AdamW step over a parameter group with `at::_fused_adamw_`. `steps` are f32 scalar
+// tensors (one per parameter) holding the number of updates taken so far; they are incremented
+// here first, as PyTorch's Python optimizer does (the kernel itself does not).
+char* shim_fused_adamw(const void* const* params, const void* const* grads,
+                       const void* const* exp_avgs, const void* const* exp_avg_sqs,
+                       const void* const* steps, size_t n, double lr, double beta1, double beta2,
+                       double weight_decay, double eps) {
+  return guarded([&] {
+    if (n == 0) {
+      return;
+    }
+    std::vector<at::Tensor> p = tensors(params, n);
+    std::vector<at::Tensor> g = tensors(grads, n);
+    std::vector<at::Tensor> m = tensors(exp_avgs, n);
+    std::vector<at::Tensor> v = tensors(exp_avg_sqs, n);
+    std::vector<at::Tensor> s = tensors(steps, n);
+    at::NoGradGuard no_grad;
+    at::_foreach_add_(s, 1.0);
+    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  });
+}
+
+// The global L2 norm of `ts` (computed in f32) as a new 0-d f32 tensor written into `*out`.
+char* shim_foreach_norm(const void* const* ts, size_t n, void* out) {
+  return guarded([&] {
+    if (out == nullptr) {
+      throw std::invalid_argument("null output tensor pointer");
+    }
+    at::Tensor& result = *static_cast<at::Tensor*>(out);
+    at::NoGradGuard no_grad;
+    if (n == 0) {
+      result = at::zeros({}, at::kFloat);
+      return;
+    }
+    std::vector<at::Tensor> v = tensors(ts, n);
+    std::vector<at::Tensor> norms = at::_foreach_norm(v, 2, at::kFloat);
+    result = at::linalg_vector_norm(at::stack(norms), 2);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,76 @@
+//! What a checkpoint holds besides tensors: counters, the data-stream position and the recipe
+//! hash. Written as `train_state.json` next to `model.safetensors` and `optimizer.safetensors`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use corenet_data::StreamState;
+use corenet_model::OpenElm;
+
+use crate::error::{Error, Result};
+use crate::optim::AdamW;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "train_state.json";
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub format_version: u32,
+    /// Optimizer steps taken or skipped; the LR schedule's position.
+    pub step: u64,
+    /// Updates actually applied (skipped steps do not advance AdamW's bias correction).
+    pub optimizer_steps: u64,
+    pub tokens_seen: u64,
+    pub skipped_steps: u64,
+    pub consecutive_bad: u32,
+    /// Where the data stream continues.
+    pub data: StreamState,
+    pub recipe_hash: String,
+    /// The model's seed. Nothing draws from libtorch's RNG after initialisation (no dropout), so
+    /// weights + this are the whole random state; the data stream carries its own.
+    pub seed: u64,
+}
+
+/// Writes model, optimizer and state into `dir` (a fresh checkpoint directory).
+pub fn write_checkpoint(
+    dir: &Path,
+    model: &OpenElm,
+    optim: &AdamW,
+    state: &TrainState,
+) -> Result<()> {
+    model.save_safetensors(&dir.join(MODEL_FILE))?;
+    corenet_model::save_tensors(&optim.state_tensors(), &dir.join(OPTIMIZER_FILE))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Json {
+        path: dir.join(STATE_FILE),
+        source: e,
+    })?;
+    std::fs::write(dir.join(STATE_FILE), json)
+        .map_err(|e| Error::io("write", dir.join(STATE_FILE), e))
+}
+
+/// Restores model and optimizer from `dir` and returns its state.
+pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut AdamW) -> Result<TrainState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let state: TrainState = serde_json::from_slice(&text).map_err(|e| Error::Json {
+        path: path.clone(),
+        source: e,
+    })?;
+    if state.format_version > STATE_FORMAT_VERSION {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "state format {} is newer than this build ({STATE_FORMAT_VERSION})",
+                state.format_version
+            ),
+        });
+    }
+    model.load_safetensors(&dir.join(MODEL_FILE))?;
+    let tensors = corenet_model::load_tensors(&dir.join(OPTIMIZER_FILE))?;
+    optim.load_state(tensors.into_iter().collect(), state.optimizer_steps)?;
+    Ok(state)
+}

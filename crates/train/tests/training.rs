@@ -1,0 +1,319 @@
+//! The trainer end to end on a tiny real setup: exact resume (clean stop, crash between
+//! checkpoints, corrupted newest checkpoint), non-finite steps, logs, and recipe errors.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use corenet_train::metrics::read_metrics;
+use corenet_train::overrides::Override;
+use corenet_train::tensorboard::read_events;
+use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
+use serde_json::Value;
+
+fn recipe(value: &Value, sets: &[&str]) -> Recipe {
+    let mut tree = value.clone();
+    for s in sets {
+        Override::parse(s)
+            .expect("override")
+            .apply(&mut tree)
+            .expect("apply");
+    }
+    Recipe::from_value(tree).expect("recipe")
+}
+
+fn run(
+    recipe: &Recipe,
+    resume: Resume,
+    stop_at: Option<u64>,
+) -> (Trainer, corenet_train::RunSummary) {
+    let options = TrainOptions {
+        resume,
+        stop_at,
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(recipe.clone(), options).expect("trainer");
+    let summary = trainer.train().expect("train");
+    (trainer, summary)
+}
+
+fn assert_same_weights(a: &Trainer, b: &Trainer) {
+    for ((name, x), (_, y)) in a
+        .model()
+        .named_parameters()
+        .iter()
+        .zip(b.model().named_parameters())
+    {
+        assert!(
+            x.equal(&y),
+            "{name} differs between the straight and the resumed run"
+        );
+    }
+}
+
+/// Logged losses after `from` must be bit-identical (they are written with full precision).
+fn assert_same_metrics_after(a: &Path, b: &Path, from: u64) {
+    let ma = read_metrics(a.join("metrics.jsonl")).expect("metrics a");
+    let mb = read_metrics(b.join("metrics.jsonl")).expect("metrics b");
+    assert_eq!(ma.len(), mb.len(), "one line per step in both runs");
+    for (x, y) in ma.iter().zip(&mb).filter(|(x, _)| x.step > from) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(
+            (x.loss, x.ce, x.z_loss, x.grad_norm, x.lr),
+            (y.loss, y.ce, y.z_loss, y.grad_norm, y.lr),
+            "step {}",
+            x.step
+        );
+        assert_eq!(x.tokens_seen, y.tokens_seen);
+    }
+}
+
+#[test]
+fn stop_and_resume_is_bit_identical_to_a_straight_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let straight = recipe(
+        &base,
+        &[&format!(
+            "run.dir={}",
+            dir.path().join("straight").display()
+        )],
+    );
+    let (a, summary) = run(&straight, Resume::Fresh, None);
+    assert_eq!(summary.final_step, 12);
+
+    let split = recipe(
+        &base,
+        &[&format!("run.dir={}", dir.path().join("split").display())],
+    );
+    let (_, first) = run(&split, Resume::Fresh, Some(6));
+    assert_eq!(first.final_step, 6);
+    let (b, second) = run(&split, Resume::Auto, None);
+    assert_eq!((second.start_step, second.final_step), (6, 12));
+    assert_same_weights(&a, &b);
+    assert_same_metrics_after(&straight.run.dir, &split.run.dir, 6);
+}
+
+#[test]
+fn crash_between_checkpoints_replays_from_the_last_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let straight = recipe(
+        &base,
+        &[&format!(
+            "run.dir={}",
+            dir.path().join("straight").display()
+        )],
+    );
+    let (a, _) = run(&straight, Resume::Fresh, None);
+
+    let crashed = recipe(
+        &base,
+        &[&format!("run.dir={}", dir.path().join("crashed").display())],
+    );
+    run(&crashed, Resume::Fresh, Some(6));
+    // As after kill -9 at step 6: the exit checkpoint never happened, metrics ran ahead.
+    std::fs::remove_dir_all(crashed.checkpoint_dir().join("step-00000006")).expect("remove");
+    let (b, resumed) = run(&crashed, Resume::Auto, None);
+    assert_eq!(resumed.start_step, 4);
+    assert_same_weights(&a, &b);
+    assert_same_metrics_after(&straight.run.dir, &crashed.run.dir, 4);
+}
+
+#[test]
+fn corrupted_newest_checkpoint_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let straight = recipe(
+        &base,
+        &[&format!(
+            "run.dir={}",
+            dir.path().join("straight").display()
+        )],
+    );
+    let (a, _) = run(&straight, Resume::Fresh, None);
+
+    let r = recipe(
+        &base,
+        &[&format!("run.dir={}", dir.path().join("corrupt").display())],
+    );
+    run(&r, Resume::Fresh, Some(8));
+    let model = r.checkpoint_dir().join("step-00000008/model.safetensors");
+    let mut bytes = std::fs::read(&model).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&model, bytes).expect("corrupt");
+    let (b, resumed) = run(&r, Resume::Auto, None);
+    assert_eq!(
+        resumed.start_step, 4,
+        "step 8 is corrupt, step 4 is the newest that verifies"
+    );
+    assert_same_weights(&a, &b);
+}
+
+#[test]
+fn non_finite_steps_are_skipped_and_counted_then_stop_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let r = recipe(
+        &base,
+        &[
+            &format!("run.dir={}", dir.path().join("nan").display()),
+            "trainer.max_bad_steps=3",
+        ],
+    );
+    let options = TrainOptions {
+        inject_nan_steps: BTreeSet::from([2]),
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(r.clone(), options).expect("trainer");
+    let summary = trainer.train().expect("one bad step is skipped");
+    assert_eq!((summary.final_step, summary.skipped_steps), (12, 1));
+    assert_eq!(trainer.state().optimizer_steps, 11);
+
+    let r = recipe(
+        &base,
+        &[
+            &format!("run.dir={}", dir.path().join("nan2").display()),
+            "trainer.max_bad_steps=3",
+        ],
+    );
+    let options = TrainOptions {
+        inject_nan_steps: (5..12).collect(),
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(r.clone(), options).expect("trainer");
+    let err = trainer
+        .train()
+        .expect_err("three bad steps in a row stop the run");
+    assert!(err.to_string().contains("3 consecutive"), "{err}");
+    // The last good state (5 updates) was saved at step 8.
+    let latest = corenet_train::checkpoint_store::CheckpointStore::new(r.checkpoint_dir(), 0)
+        .expect("store")
+        .latest_valid()
+        .expect("list")
+        .expect("a checkpoint");
+    assert_eq!(latest.step, 8);
+}
+
+#[test]
+fn logs_metrics_tensorboard_and_the_resolved_recipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let r = recipe(
+        &base,
+        &[&format!("run.dir={}", dir.path().join("logs").display())],
+    );
+    let (_, summary) = run(&r, Resume::Fresh, None);
+    let metrics = read_metrics(r.run.dir.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(metrics.len(), 12);
+    assert!(metrics
+        .iter()
+        .all(|m| m.loss.is_finite() && m.ce > 0.0 && m.z_loss > 0.0 && m.lr > 0.0));
+    assert_eq!(metrics[11].tokens_seen, 12 * 8 * 32);
+    assert!(summary.last_loss < summary.first_loss, "{summary:?}");
+    let tb_dir = r.run.dir.join("tb");
+    let file = std::fs::read_dir(&tb_dir)
+        .expect("tb dir")
+        .next()
+        .expect("event file")
+        .expect("entry")
+        .path();
+    let events = read_events(&file).expect("events parse with valid CRCs");
+    let ce_steps: Vec<i64> = events
+        .iter()
+        .filter(|e| e.scalars.iter().any(|(tag, _)| tag == "loss/ce_loss"))
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(ce_steps, (1..=12).collect::<Vec<_>>());
+    let saved = std::fs::read_to_string(r.run.dir.join("recipe.yaml")).expect("recipe.yaml");
+    let reparsed = Recipe::from_value(serde_norway::from_str(&saved).expect("yaml"))
+        .expect("resolved recipe reloads");
+    assert_eq!(reparsed, r);
+}
+
+#[test]
+fn recipe_errors_name_the_key_before_any_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let mut tree = base.clone();
+    Override::parse("trainer.micro_batchh=4")
+        .expect("parse")
+        .apply(&mut tree)
+        .expect("apply");
+    let err = Recipe::from_value(tree).expect_err("unknown key");
+    assert!(err.to_string().contains("trainer.micro_batchh"), "{err}");
+
+    let mut tree = base.clone();
+    Override::parse("schedule.max_lr=fast")
+        .expect("parse")
+        .apply(&mut tree)
+        .expect("apply");
+    assert!(Recipe::from_value(tree)
+        .expect_err("wrong type")
+        .to_string()
+        .contains("schedule.max_lr"));
+
+    let bad_batch = recipe(&base, &["trainer.global_batch=10"]);
+    let err = Trainer::new(
+        bad_batch,
+        TrainOptions {
+            world_size: 1,
+            ..TrainOptions::default()
+        },
+    )
+    .err()
+    .expect("indivisible");
+    assert!(err.to_string().contains("trainer.global_batch"), "{err}");
+
+    let missing = recipe(&base, &["data.tokenizer=/nonexistent/tokenizer.json"]);
+    let err = Trainer::new(
+        missing,
+        TrainOptions {
+            world_size: 1,
+            ..TrainOptions::default()
+        },
+    )
+    .err()
+    .expect("missing tokenizer");
+    assert!(err.to_string().contains("data.tokenizer"), "{err}");
+
+    let missing = recipe(&base, &["data.sources.1.paths=[/nonexistent/*.jsonl]"]);
+    let err = Trainer::new(
+        missing,
+        TrainOptions {
+            world_size: 1,
+            ..TrainOptions::default()
+        },
+    )
+    .err()
+    .expect("missing shards");
+    assert!(err.to_string().contains("data.sources.1.paths"), "{err}");
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing was written before validation failed"
+    );
+}
+
+#[test]
+fn preset_with_overrides_and_activation_checkpointing_train() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let mut tree = base.clone();
+    tree["model"] = serde_json::json!({ "preset": "gpt-test", "vocab_size": 320, "model_dim": 64 });
+    let mut r = Recipe::from_value(tree).expect("preset recipe");
+    assert_eq!(
+        (r.model.model_dim, r.model.head_dim, r.model.vocab_size),
+        (64, 64, 320)
+    );
+    r.run.dir = dir.path().join("ckpt");
+    r.trainer.activation_checkpointing = true;
+    r.trainer.steps = 3;
+    r.schedule.max_iterations = 3;
+    let (_, summary) = run(&r, Resume::Fresh, None);
+    assert_eq!(summary.final_step, 3);
+}

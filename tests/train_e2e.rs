@@ -1,0 +1,202 @@
+//! `corenet train` on recipes/tiny.yaml end to end: the loss falls; SIGTERM checkpoints and
+//! stops; a run killed with SIGKILL between checkpoints resumes to bit-identical weights.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corenet_e2e::{build_sample_data, corenet_bin, workspace_root};
+
+/// Overrides that shrink the tiny recipe further so each run takes seconds in a debug build.
+const SMALL: [&str; 8] = [
+    "model.vocab_size=512",
+    "model.num_transformer_layers=2",
+    "model.model_dim=64",
+    "model.head_dim=16",
+    "data.seq_len=64",
+    "trainer.threads=1",
+    "logging.interval=1",
+    "logging.progress=false",
+];
+
+fn train_command(dir: &Path, run_dir: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(corenet_bin());
+    cmd.current_dir(dir)
+        .arg("train")
+        .arg(workspace_root().join("recipes/tiny.yaml"));
+    for s in SMALL
+        .iter()
+        .copied()
+        .chain([format!("run.dir={run_dir}").as_str()])
+        .chain(extra.iter().copied())
+    {
+        cmd.args(["--set", s]);
+    }
+    cmd
+}
+
+fn train(dir: &Path, run_dir: &str, extra: &[&str]) -> String {
+    let out = train_command(dir, run_dir, extra)
+        .output()
+        .expect("run corenet train");
+    assert!(
+        out.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metrics(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until the run has logged `step`, then returns.
+fn wait_for_step(child: &mut Child, metrics_path: &Path, step: u64) {
+    let start = Instant::now();
+    loop {
+        if metrics(metrics_path)
+            .iter()
+            .any(|m| m["step"].as_u64() >= Some(step))
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("training exited early with {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "step {step} never logged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn newest_model(run_dir: &Path) -> PathBuf {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    steps.sort();
+    steps.pop().expect("a checkpoint").join("model.safetensors")
+}
+
+#[test]
+fn tiny_recipe_loss_falls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let budget = [
+        "model.model_dim=96",
+        "trainer.global_batch=32",
+        "trainer.micro_batch=16",
+        "trainer.steps=300",
+        "schedule.max_lr=0.01",
+        "schedule.warmup_iterations=10",
+    ];
+    let stdout = train(dir.path(), "runs/falls", &budget);
+    let m = metrics(&dir.path().join("runs/falls/metrics.jsonl"));
+    assert_eq!(m.len(), 300);
+    let loss = |x: &serde_json::Value| x["loss"].as_f64().expect("loss");
+    let first = loss(&m[0]);
+    let last10 = m[290..].iter().map(loss).sum::<f64>() / 10.0;
+    assert!(
+        last10 < 0.6 * first,
+        "loss {first} -> {last10} (mean of the last 10 steps)"
+    );
+    assert!(stdout.contains("steps 0..300"), "{stdout}");
+    assert!(dir
+        .path()
+        .join("runs/falls/checkpoints/step-00000300/manifest.json")
+        .is_file());
+}
+
+#[test]
+fn sigterm_checkpoints_and_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let mut child = train_command(
+        dir.path(),
+        "runs/term",
+        &["trainer.steps=100000", "checkpoint.interval=0"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn");
+    wait_for_step(&mut child, &dir.path().join("runs/term/metrics.jsonl"), 3);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted, checkpoint saved"));
+    let last = metrics(&dir.path().join("runs/term/metrics.jsonl"))
+        .last()
+        .and_then(|m| m["step"].as_u64())
+        .expect("step");
+    assert!(newest_model(&dir.path().join("runs/term"))
+        .ends_with(format!("step-{last:08}/model.safetensors")));
+}
+
+#[test]
+fn killed_run_resumes_to_bit_identical_weights_and_losses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let common = ["trainer.steps=24", "checkpoint.interval=8"];
+    train(dir.path(), "runs/straight", &common);
+
+    let mut child = train_command(dir.path(), "runs/killed", &common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for_step(
+        &mut child,
+        &dir.path().join("runs/killed/metrics.jsonl"),
+        11,
+    );
+    child.kill().expect("SIGKILL"); // between the checkpoints at 8 and 16
+    child.wait().expect("reap");
+    let resumed = train(dir.path(), "runs/killed", &common);
+    assert!(
+        resumed.contains("steps 8..24"),
+        "resumed from the checkpoint at 8: {resumed}"
+    );
+    let resumed = train(dir.path(), "runs/killed", &common);
+    assert!(
+        resumed.contains("steps 24..24"),
+        "a finished run resumes to its end: {resumed}"
+    );
+
+    let a = std::fs::read(newest_model(&dir.path().join("runs/straight"))).expect("straight model");
+    let b = std::fs::read(newest_model(&dir.path().join("runs/killed"))).expect("resumed model");
+    assert!(a == b, "final weights differ");
+    let ma = metrics(&dir.path().join("runs/straight/metrics.jsonl"));
+    let mb = metrics(&dir.path().join("runs/killed/metrics.jsonl"));
+    assert_eq!(ma.len(), 24);
+    assert_eq!(
+        mb.len(),
+        24,
+        "steps logged before the kill past the checkpoint are replaced, not repeated"
+    );
+    for (x, y) in ma.iter().zip(&mb) {
+        for key in [
+            "step",
+            "loss",
+            "ce",
+            "z_loss",
+            "grad_norm",
+            "lr",
+            "tokens_seen",
+        ] {
+            assert_eq!(x[key], y[key], "{key} at step {}", x["step"]);
+        }
+    }
+}
