@@ -77,7 +77,8 @@ impl Default for CorenetConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     pub sources: Vec<SourceConfig>,
-    /// Path of a Hugging Face `tokenizer.json`.
+    /// Path of a Hugging Face `tokenizer.json` or a SentencePiece `tokenizer.model` (see
+    /// [`crate::load_tokenizer`]).
     pub tokenizer: PathBuf,
     /// Tokens per training row; each row holds `seq_len + 1` ids (inputs and shifted targets).
     pub seq_len: usize,

@@ -79,6 +79,18 @@ pub enum Error {
     /// A worker thread stopped without reporting why (it panicked).
     #[error("data worker {worker} stopped unexpectedly")]
     WorkerGone { worker: usize },
+
+    /// A SentencePiece `tokenizer.model` is not a decodable `ModelProto` (truncated, not one).
+    #[error("{path} at byte {offset}: not a valid SentencePiece model: {message}")]
+    SentencePieceDecode {
+        path: PathBuf,
+        offset: usize,
+        message: String,
+    },
+
+    /// A SentencePiece model decodes but cannot be used (UNIGRAM, missing unk, bad special ids).
+    #[error("{path}: SentencePiece model: {message}")]
+    SentencePieceModel { path: PathBuf, message: String },
 }
 
 impl Error {

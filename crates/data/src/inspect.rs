@@ -6,7 +6,7 @@ use crate::config::DataConfig;
 use crate::error::Result;
 use crate::stats::SourceStats;
 use crate::stream::DataStream;
-use crate::tokenizer::{HfTokenizer, TextTokenizer};
+use crate::tokenizer::load_tokenizer;
 
 /// Counters per source after some batches.
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +54,7 @@ pub struct PeekRow {
 
 /// Decodes the rows of the first `batches` batches of rank 0 (pad ids left out of the text).
 pub fn peek(config: &DataConfig, batches: usize) -> Result<Vec<PeekRow>> {
-    let tokenizer = HfTokenizer::from_file(&config.tokenizer)?;
+    let tokenizer = load_tokenizer(&config.tokenizer)?;
     let pad = tokenizer.pad_id();
     let stream = DataStream::open(config, 0, 1, None)?;
     let mut rows = Vec::new();

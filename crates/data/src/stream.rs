@@ -14,7 +14,7 @@ use crate::pipeline::Pipeline;
 use crate::shard::Shard;
 use crate::state::{StreamState, STATE_VERSION};
 use crate::stats::SourceStats;
-use crate::tokenizer::{HfTokenizer, TextTokenizer};
+use crate::tokenizer::{load_tokenizer, TextTokenizer};
 use crate::worker::{Worker, WorkerBatch};
 
 struct WorkerHandle {
@@ -41,7 +41,7 @@ impl DataStream {
         world_size: usize,
         resume: Option<StreamState>,
     ) -> Result<Self> {
-        let tokenizer = Arc::new(HfTokenizer::from_file(&config.tokenizer)?);
+        let tokenizer = load_tokenizer(&config.tokenizer)?;
         Self::with_tokenizer(config, tokenizer, rank, world_size, resume)
     }
 

@@ -1,7 +1,9 @@
 //! The tokenizer seam. The pipeline only needs ids for text, the special ids and a decoder for
-//! `peek`; SentencePiece's `tokenizer.model` can slot in behind the same trait later.
+//! `peek`; Hugging Face `tokenizer.json` ([`HfTokenizer`]) and SentencePiece `tokenizer.model`
+//! ([`crate::SentencePieceTokenizer`]) sit behind the same trait, picked by [`load_tokenizer`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -98,5 +100,53 @@ impl TextTokenizer for HfTokenizer {
 
     fn vocab_size(&self) -> usize {
         self.vocab
+    }
+}
+
+/// Loads a tokenizer by file name: `*.model` is a SentencePiece model
+/// ([`crate::SentencePieceTokenizer`]), `*.json` a Hugging Face `tokenizer.json`
+/// ([`HfTokenizer`]); any other name is told apart by its first byte (`{` for JSON, `0x0A`, the
+/// first field of a `ModelProto`, for SentencePiece). A directory is searched for
+/// `tokenizer.model`, then `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> Result<Arc<dyn TextTokenizer>> {
+    let unknown = |message: &str| Error::Tokenizer {
+        context: format!("loading {}", path.display()),
+        message: message.into(),
+    };
+    if path.is_dir() {
+        for name in ["tokenizer.model", "tokenizer.json"] {
+            let candidate = path.join(name);
+            if candidate.is_file() {
+                return load_tokenizer(&candidate);
+            }
+        }
+        return Err(unknown(
+            "directory has neither tokenizer.model nor tokenizer.json",
+        ));
+    }
+    let sentencepiece = match path.extension().and_then(|e| e.to_str()) {
+        Some("model") => true,
+        Some("json") => false,
+        _ => {
+            let mut first = [0u8; 1];
+            let n = std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut first))
+                .map_err(|e| Error::io(path, e))?;
+            match (n, first[0]) {
+                (1, b'{') => false,
+                (1, 0x0A) => true,
+                _ => {
+                    return Err(unknown(
+                        "unknown tokenizer file type: expected `.model` (SentencePiece) or \
+                         `.json` (Hugging Face tokenizer.json)",
+                    ))
+                }
+            }
+        }
+    };
+    if sentencepiece {
+        Ok(Arc::new(crate::SentencePieceTokenizer::from_file(path)?))
+    } else {
+        Ok(Arc::new(HfTokenizer::from_file(path)?))
     }
 }

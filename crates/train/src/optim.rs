@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::fused::{fused_adamw_step, FusedAdamW};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +23,9 @@ pub struct OptimizerConfig {
     pub weight_decay: f64,
     /// Global L2 gradient-norm clip; null disables clipping.
     pub grad_clip: Option<f64>,
+    /// libtorch's multi-tensor `_fused_adamw_` through the C++ shim (one kernel per group);
+    /// false runs the plain per-tensor Rust path it is tested against.
+    pub fused: bool,
 }
 
 impl Default for OptimizerConfig {
@@ -34,6 +38,7 @@ impl Default for OptimizerConfig {
             eps: 1e-8,
             weight_decay: 0.1,
             grad_clip: Some(1.0),
+            fused: true,
         }
     }
 }
@@ -81,6 +86,8 @@ struct ParamState {
     master: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// f32 scalar step count, the form `_fused_adamw_` takes (it increments it itself).
+    step: Tensor,
     decay: bool,
 }
 
@@ -111,6 +118,7 @@ impl AdamW {
                     decay: param.dim() >= 2,
                     exp_avg: zeros(),
                     exp_avg_sq: zeros(),
+                    step: Tensor::zeros([], (Kind::Float, param.device())),
                     name,
                     param,
                     master,
@@ -174,9 +182,56 @@ impl AdamW {
         }
     }
 
-    /// One AdamW update at learning rate `lr` (PyTorch's single-tensor `AdamW` arithmetic).
-    pub fn step(&mut self, lr: f64) {
+    /// One AdamW update at learning rate `lr` (PyTorch's AdamW arithmetic).
+    pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
+        if self.config.fused {
+            self.step_fused(lr)?;
+        } else {
+            self.step_plain(lr);
+        }
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                if let Some(master) = &p.master {
+                    p.param.copy_(&master.to_kind(p.param.kind()));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// `_fused_adamw_` once per weight-decay group.
+    fn step_fused(&mut self, lr: f64) -> Result<()> {
+        let c = &self.config;
+        for decay in [true, false] {
+            let group: Vec<&ParamState> = self
+                .params
+                .iter()
+                .filter(|p| p.decay == decay && p.param.grad().defined())
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let list = |f: &dyn Fn(&ParamState) -> Tensor| group.iter().map(|p| f(p)).collect::<Vec<_>>();
+            let params = list(&|p| p.weights().shallow_clone());
+            let grads = list(&|p| p.param.grad().to_kind(Kind::Float));
+            let exp_avgs = list(&|p| p.exp_avg.shallow_clone());
+            let exp_avg_sqs = list(&|p| p.exp_avg_sq.shallow_clone());
+            let steps = list(&|p| p.step.shallow_clone());
+            let hp = FusedAdamW {
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: if decay { c.weight_decay } else { 0.0 },
+            };
+            tch::no_grad(|| fused_adamw_step(&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &hp))?;
+        }
+        Ok(())
+    }
+
+    /// The per-tensor path, written out (single-tensor `torch.optim.AdamW`).
+    fn step_plain(&mut self, lr: f64) {
         let c = &self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
@@ -187,6 +242,7 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                let _ = p.step.g_add_scalar_(1.0);
                 let g = g.to_kind(Kind::Float);
                 let mut w = p.weights().shallow_clone();
                 if p.decay && c.weight_decay != 0.0 {
@@ -197,9 +253,6 @@ impl AdamW {
                 let _ = p.exp_avg_sq.addcmul_(&(&g * (1.0 - c.beta2)), &g);
                 let denom = p.exp_avg_sq.sqrt() / bc2_sqrt + c.eps;
                 let _ = w.g_sub_(&(&p.exp_avg / denom * step_size));
-                if let Some(master) = &p.master {
-                    p.param.copy_(&master.to_kind(p.param.kind()));
-                }
             }
         });
     }
@@ -247,6 +300,9 @@ impl AdamW {
             if let Some(master) = &p.master {
                 take(format!("master.{}", p.name), master)?;
             }
+        }
+        for p in &mut self.params {
+            let _ = p.step.fill_(step as f64);
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::OptimizerState(format!(

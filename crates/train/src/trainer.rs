@@ -277,7 +277,7 @@ impl Trainer {
             grad_norm: host[3],
         };
         if values.loss.is_finite() && values.grad_norm.is_finite() {
-            self.optim.step(lr);
+            self.optim.step(lr)?;
             self.state.optimizer_steps += 1;
             self.state.consecutive_bad = 0;
         } else {

@@ -32,6 +32,12 @@ fn set_grad(p: &Tensor, g: &Tensor) {
 }
 
 fn check(path: &Path) {
+    for fused in [true, false] {
+        check_path(path, fused);
+    }
+}
+
+fn check_path(path: &Path, fused: bool) {
     let f = load(path);
     let w = f["init.weight"].copy().set_requires_grad(true);
     let n = f["init.norm"].copy().set_requires_grad(true);
@@ -39,12 +45,13 @@ fn check(path: &Path) {
         ("w".to_string(), w.shallow_clone()),
         ("n".to_string(), n.shallow_clone()),
     ];
-    let mut opt = AdamW::new(named, &OptimizerConfig::default()).expect("optimizer");
+    let config = OptimizerConfig { fused, ..OptimizerConfig::default() };
+    let mut opt = AdamW::new(named, &config).expect("optimizer");
     let lrs: Vec<f64> = Vec::<f64>::try_from(&f["lrs"]).expect("lrs");
     for (step, lr) in lrs.iter().enumerate() {
         set_grad(&w, &f[&format!("grad{step}.weight")]);
         set_grad(&n, &f[&format!("grad{step}.norm")]);
-        opt.step(*lr);
+        opt.step(*lr).expect("step");
     }
     let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
     assert!(
@@ -114,7 +121,7 @@ fn bf16_params_get_f32_master_weights_and_state_round_trips() {
         &p,
         &Tensor::ones([4, 3], (Kind::BFloat16, tch::Device::Cpu)),
     );
-    opt.step(1e-3);
+    opt.step(1e-3).expect("step");
     let state: HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
     let master = &state["master.p"];
     assert_eq!(master.kind(), Kind::Float);
@@ -136,8 +143,8 @@ fn bf16_params_get_f32_master_weights_and_state_round_trips() {
     let half = || Tensor::full([4, 3], 0.5, (Kind::BFloat16, tch::Device::Cpu));
     set_grad(&p, &half());
     set_grad(&q, &half());
-    opt.step(1e-3);
-    restored.step(1e-3);
+    opt.step(1e-3).expect("step");
+    restored.step(1e-3).expect("step");
     assert!(p.equal(&q), "resumed optimizer diverged");
 
     let mut wrong = AdamW::new(
