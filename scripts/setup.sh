@@ -72,17 +72,20 @@ ensure_torch() {
 }
 
 ensure_reference_venv() {
-    # The PyTorch oracle scripts (scripts/*_reference.py) need an importable torch, which the
-    # minimal wheel set is not (torch._C links cuDNN, cuBLAS, ...). They get their own venv with
-    # the full wheel; tests use it when present and fall back to the committed fixtures.
+    # The oracle scripts and checks (PyTorch fixtures, torch.optim.AdamW, TensorBoard's own
+    # event reader, the sentencepiece library) need an importable torch, which the minimal
+    # wheel set is not (torch._C links cuDNN, cuBLAS, ...). They get their own venv with the
+    # full wheel; tests use it when present and otherwise fall back to the committed fixtures.
     local ref="$ROOT/.venv-ref"
-    if [[ -x "$ref/bin/python" ]] && "$ref/bin/python" -c "import torch, numpy, safetensors" >/dev/null 2>&1; then
+    local check="import torch, numpy, safetensors, tensorboard, sentencepiece"
+    if [[ -x "$ref/bin/python" ]] && "$ref/bin/python" -c "$check" >/dev/null 2>&1; then
         return
     fi
-    log "creating the reference venv $ref (full torch==$TORCH_VERSION, numpy, safetensors)"
-    "$PYTHON" -m venv "$ref"
-    "$ref/bin/pip" install --quiet "torch==$TORCH_VERSION" numpy safetensors
+    log "creating the reference venv $ref (full torch==$TORCH_VERSION, numpy, safetensors, tensorboard, sentencepiece)"
+    [[ -x "$ref/bin/python" ]] || "$PYTHON" -m venv "$ref"
+    "$ref/bin/pip" install --quiet "torch==$TORCH_VERSION" numpy safetensors tensorboard sentencepiece
 }
+
 link_torch() {
     local dir
     dir="$("$VENV/bin/python" -c 'import os, importlib.util as u; print(os.path.dirname(u.find_spec("torch").origin))')"

@@ -3,6 +3,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh
+# --reference: the oracle checks (PyTorch, TensorBoard, sentencepiece) run live, not only
+# against the committed fixtures.
+bash scripts/setup.sh --reference
 cargo build --workspace --all-targets
 cargo test --workspace "$@"

@@ -178,6 +178,29 @@ fn killed_run_resumes_to_bit_identical_weights_and_losses() {
     let a = std::fs::read(newest_model(&dir.path().join("runs/straight"))).expect("straight model");
     let b = std::fs::read(newest_model(&dir.path().join("runs/killed"))).expect("resumed model");
     assert!(a == b, "final weights differ");
+    let avg = dir.path().join("avg.safetensors");
+    let out = Command::new(corenet_bin())
+        .current_dir(dir.path())
+        .args([
+            "checkpoint",
+            "average",
+            "--dir",
+            "runs/straight/checkpoints",
+            "--last",
+            "2",
+            "--out",
+        ])
+        .arg(&avg)
+        .output()
+        .expect("run average");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[24, 16]"));
+    assert!(avg.is_file());
+
     let ma = metrics(&dir.path().join("runs/straight/metrics.jsonl"));
     let mb = metrics(&dir.path().join("runs/killed/metrics.jsonl"));
     assert_eq!(ma.len(), 24);

@@ -34,7 +34,9 @@ pub fn run(command: CheckpointCommand) -> anyhow::Result<()> {
 
 fn average(args: &AverageArgs) -> anyhow::Result<()> {
     let store = CheckpointStore::new(&args.dir, 0)?;
-    let mut entries = store.list().with_context(|| format!("listing {}", args.dir.display()))?;
+    let mut entries = store
+        .list()
+        .with_context(|| format!("listing {}", args.dir.display()))?;
     entries.reverse(); // newest first
     let mut picked = Vec::new();
     for entry in entries {
@@ -43,11 +45,18 @@ fn average(args: &AverageArgs) -> anyhow::Result<()> {
         }
         match CheckpointStore::verify(&entry.dir) {
             Ok(_) => picked.push(entry),
-            Err(err) => tracing::warn!(dir = %entry.dir.display(), %err, "skipping a checkpoint that does not verify"),
+            Err(err) => {
+                tracing::warn!(dir = %entry.dir.display(), %err, "skipping a checkpoint that does not verify")
+            }
         }
     }
     if picked.len() < args.last {
-        bail!("{} has only {} checkpoints that verify, {} requested", args.dir.display(), picked.len(), args.last);
+        bail!(
+            "{} has only {} checkpoints that verify, {} requested",
+            args.dir.display(),
+            picked.len(),
+            args.last
+        );
     }
     let files: Vec<PathBuf> = picked.iter().map(|e| e.dir.join(MODEL_FILE)).collect();
     corenet_train::average::average_model_files(&files, &args.out)?;

@@ -7,7 +7,6 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use corenet_data::{DataConfig, SampleOptions, SourceConfig, StatsReport};
 use corenet_train::overrides::{apply_overrides, from_tree, parse_yaml_value, Override};
-use serde_json::Value;
 
 use crate::number::{si, thousands};
 
@@ -100,13 +99,14 @@ fn sample(args: &SampleArgs) -> anyhow::Result<()> {
         doc_chars: args.doc_chars.unwrap_or(defaults.doc_chars),
         row_group_rows: args.row_group_rows.unwrap_or(defaults.row_group_rows),
     };
-    let summary = corenet_data::write_samples(&args.corpus, &args.out, &opts).with_context(|| {
-        format!(
-            "building sample shards from {} into {}",
-            args.corpus.display(),
-            args.out.display()
-        )
-    })?;
+    let summary =
+        corenet_data::write_samples(&args.corpus, &args.out, &opts).with_context(|| {
+            format!(
+                "building sample shards from {} into {}",
+                args.corpus.display(),
+                args.out.display()
+            )
+        })?;
     let sources_path = args.out.join("sources.yaml");
     write_sources_yaml(&sources_path, &summary.sources)?;
 
@@ -141,7 +141,7 @@ fn write_sources_yaml(path: &Path, sources: &[SourceConfig]) -> anyhow::Result<(
         .with_context(|| format!("serialising the source list for {}", path.display()))?;
     let text = format!(
         "# Written by `corenet data sample`: one source per layout (a recipe's `data.sources`).\n\
-         # Paths are relative to the directory the command ran in.\n{yaml}"
+         # Relative paths are relative to the directory the command ran in.\n{yaml}"
     );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
@@ -211,11 +211,11 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
 
 fn print_stats(config: &DataConfig, report: &StatsReport) {
     println!(
-        "{} batches of {} × {} ids ({:?} mode) in {:.2} s, {}tokens/s",
+        "{} batches of {} × {} ids ({} mode) in {:.2} s, {}tokens/s",
         report.batches,
         config.micro_batch,
         config.seq_len + 1,
-        config.mode,
+        format!("{:?}", config.mode).to_lowercase(),
         report.seconds,
         si(report.tokens_per_second())
     );

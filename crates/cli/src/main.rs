@@ -1,12 +1,13 @@
 //! `corenet`: the command-line front end of corenet-rs. Argument parsing and dispatch only; the
 //! work happens in the library crates.
 
-mod data_cmd;
 mod checkpoint_cmd;
+mod data_cmd;
+mod launch_cmd;
 mod model_cmd;
 mod number;
-mod train_cmd;
 mod tokenizer_cmd;
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Train from a recipe (YAML); resumable with --resume auto.
     Train(train_cmd::TrainArgs),
+    /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
+    Launch(launch_cmd::LaunchArgs),
     /// Work with checkpoints.
     Checkpoint {
         #[command(subcommand)]
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Train(args) => train_cmd::run(args),
+        Command::Launch(args) => launch_cmd::run(args),
         Command::Checkpoint { command } => checkpoint_cmd::run(command),
         Command::Model { command } => model_cmd::run(command),
         Command::Data { command } => data_cmd::run(command),

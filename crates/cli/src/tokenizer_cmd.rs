@@ -61,19 +61,14 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating directory {}", parent.display()))?;
     }
-    corenet_data::train_tokenizer(
-        &files,
-        args.vocab_size,
-        &DEFAULT_SPECIAL_TOKENS,
-        &args.out,
-    )
-    .with_context(|| {
-        format!(
-            "training a tokenizer on {} file(s) into {}",
-            files.len(),
-            args.out.display()
-        )
-    })?;
+    corenet_data::train_tokenizer(&files, args.vocab_size, &DEFAULT_SPECIAL_TOKENS, &args.out)
+        .with_context(|| {
+            format!(
+                "training a tokenizer on {} file(s) into {}",
+                files.len(),
+                args.out.display()
+            )
+        })?;
     let tokenizer = HfTokenizer::from_file(&args.out)
         .with_context(|| format!("reading back {}", args.out.display()))?;
     println!(

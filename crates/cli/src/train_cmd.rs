@@ -1,11 +1,15 @@
-//! `corenet train RECIPE [--set k=v]… [--resume auto|PATH]`.
+//! `corenet train RECIPE [--set k=v]… [--resume auto|PATH]`. Under a launcher (torchrun,
+//! `corenet launch`, srun) the RANK/WORLD_SIZE/… or SLURM_* variables make it one rank of a
+//! data-parallel run.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use corenet_train::dist::DistEnv;
 use corenet_train::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
 
@@ -23,6 +27,14 @@ pub struct TrainArgs {
     /// Stop this process (with a checkpoint) at this step; the recipe's steps still set the schedule.
     #[arg(long)]
     stop_at: Option<u64>,
+    /// Data-parallel runs: seconds a rank waits for the others at the rendezvous and in every
+    /// collective before failing (a dead or stuck rank).
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    dist_timeout: u64,
+    /// Resume model and optimizer from a checkpoint written by a different number of ranks,
+    /// starting the data stream from the beginning (its positions cannot be re-partitioned).
+    #[arg(long)]
+    restart_data: bool,
 }
 
 fn parse_resume(value: &str) -> Resume {
@@ -51,15 +63,34 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let recipe = Recipe::load(&args.recipe, &overrides)
         .with_context(|| format!("recipe {}", args.recipe.display()))?;
+    let env = DistEnv::from_env().context("reading the launcher environment")?;
+    if args.dist_timeout == 0 {
+        anyhow::bail!("--dist-timeout must be at least 1 second");
+    }
+    let rank = env.as_ref().map_or(0, |e| e.rank);
+    // Errors of a data-parallel run say which rank they come from.
+    let which = |e: corenet_train::Error| match &env {
+        Some(env) if env.world_size > 1 => {
+            anyhow::Error::from(e).context(format!("rank {rank} of {}", env.world_size))
+        }
+        _ => anyhow::Error::from(e),
+    };
     let options = TrainOptions {
         resume: parse_resume(&args.resume),
         stop_at: args.stop_at,
-        world_size: 1,
+        rank,
+        world_size: env.as_ref().map_or(1, |e| e.world_size),
+        dist: env.clone(),
+        dist_timeout: Some(Duration::from_secs(args.dist_timeout)),
+        restart_data: args.restart_data,
         ..TrainOptions::default()
     };
-    let mut trainer = Trainer::new(recipe, options)?;
+    let mut trainer = Trainer::new(recipe, options).map_err(which)?;
     install_signal_handlers(&trainer.stop_flag())?;
-    let summary = trainer.train()?;
+    let summary = trainer.train().map_err(which)?;
+    if rank != 0 {
+        return Ok(());
+    }
     let fmt = |l: Option<f64>| l.map_or("-".into(), |v| format!("{v:.4}"));
     println!(
         "steps {}..{}, loss {} -> {}, skipped {}{}",
@@ -68,7 +99,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         fmt(summary.first_loss),
         fmt(summary.last_loss),
         summary.skipped_steps,
-        if summary.interrupted { " (interrupted, checkpoint saved)" } else { "" }
+        if summary.interrupted {
+            " (interrupted, checkpoint saved)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -211,8 +211,10 @@ fn bf16_forward_and_backward_run_and_stay_close_to_f32() {
         .cross_entropy_for_logits(&tokens.view([-1]));
     loss.backward();
     assert!(model.token_embeddings.grad().defined());
-    let diff = max_abs_diff(&f32_logits, &logits.to_kind(Kind::Float));
-    assert!(diff < 0.1, "bf16 logits drift {diff}");
+    // bf16 keeps ~3 significant digits; over 3 layers the logits stay within a few percent.
+    let scale = f32_logits.abs().max().double_value(&[]);
+    let drift = max_abs_diff(&f32_logits, &logits.to_kind(Kind::Float)) / scale;
+    assert!(drift < 0.05, "bf16 logits drift {drift} relative to their scale {scale}");
 }
 
 #[test]

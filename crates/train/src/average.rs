@@ -60,3 +60,66 @@ pub fn average_model_files(paths: &[PathBuf], out: &Path) -> Result<()> {
     corenet_model::save_tensors(&averaged, out)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn write(path: &Path, a: &[f32], b: &[f64]) {
+        let tensors = vec![
+            ("w".to_string(), Tensor::from_slice(a).view([2, 2])),
+            (
+                "n".to_string(),
+                Tensor::from_slice(b).to_kind(Kind::BFloat16),
+            ),
+        ];
+        corenet_model::save_tensors(&tensors, path).expect("save");
+    }
+
+    #[test]
+    fn averages_in_f64_and_keeps_each_dtype() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("{i}.safetensors")))
+            .collect();
+        write(&paths[0], &[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0]);
+        write(&paths[1], &[2.0, 4.0, 6.0, 8.0], &[3.0, 2.0]);
+        write(&paths[2], &[3.0, 6.0, 9.0, 12.0], &[5.0, 2.0]);
+        let out = dir.path().join("avg.safetensors");
+        average_model_files(&paths, &out).expect("average");
+        let avg: BTreeMap<String, Tensor> = corenet_model::load_tensors(&out)
+            .expect("load")
+            .into_iter()
+            .collect();
+        let w = Vec::<f32>::try_from(avg["w"].view([-1])).expect("w");
+        assert_eq!(w, vec![2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(avg["n"].kind(), Kind::BFloat16);
+        let n =
+            Vec::<f32>::try_from(avg["n"].to_kind(Kind::Float).to_device(Device::Cpu)).expect("n");
+        assert_eq!(n, vec![3.0, 2.0]);
+    }
+
+    #[test]
+    fn mismatched_files_are_errors_naming_the_tensor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.safetensors");
+        let b = dir.path().join("b.safetensors");
+        write(&a, &[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0]);
+        let other = vec![
+            (
+                "w".to_string(),
+                Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "n".to_string(),
+                Tensor::zeros([2], (Kind::BFloat16, Device::Cpu)),
+            ),
+        ];
+        corenet_model::save_tensors(&other, &b).expect("save");
+        let err =
+            average_model_files(&[a, b], &dir.path().join("o.safetensors")).expect_err("shape");
+        assert!(err.to_string().contains("`w`"), "{err}");
+        assert!(average_model_files(&[], &dir.path().join("o.safetensors")).is_err());
+    }
+}

@@ -104,6 +104,14 @@ pub enum Error {
     #[error("distributed {op} failed: {message}")]
     Dist { op: String, message: String },
 
+    /// The ranks of a data-parallel run resolved different recipes (compared by hash at start).
+    #[error("recipe mismatch across ranks: rank {rank} resolved recipe hash {hash}, rank 0 resolved {root_hash}; every rank must train the same recipe with the same --set overrides")]
+    RecipeMismatch {
+        rank: usize,
+        hash: String,
+        root_hash: String,
+    },
+
     /// A launcher environment variable (RANK, WORLD_SIZE, MASTER_PORT, SLURM_PROCID, ...) is
     /// missing, garbled or inconsistent with the others.
     #[error("environment variable {var}: {message}")]

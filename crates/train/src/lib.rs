@@ -24,6 +24,7 @@ pub mod trainer;
 pub use recipe::Recipe;
 pub use trainer::{Resume, RunSummary, TrainOptions, Trainer};
 pub mod average;
+pub mod data_parallel;
 pub mod dist;
 pub mod fused;
 mod shim;

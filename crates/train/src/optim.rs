@@ -212,7 +212,8 @@ impl AdamW {
             if group.is_empty() {
                 continue;
             }
-            let list = |f: &dyn Fn(&ParamState) -> Tensor| group.iter().map(|p| f(p)).collect::<Vec<_>>();
+            let list =
+                |f: &dyn Fn(&ParamState) -> Tensor| group.iter().map(|p| f(p)).collect::<Vec<_>>();
             let params = list(&|p| p.weights().shallow_clone());
             let grads = list(&|p| p.param.grad().to_kind(Kind::Float));
             let exp_avgs = list(&|p| p.exp_avg.shallow_clone());
@@ -225,7 +226,9 @@ impl AdamW {
                 eps: c.eps,
                 weight_decay: if decay { c.weight_decay } else { 0.0 },
             };
-            tch::no_grad(|| fused_adamw_step(&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &hp))?;
+            tch::no_grad(|| {
+                fused_adamw_step(&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &hp)
+            })?;
         }
         Ok(())
     }

@@ -66,6 +66,9 @@ pub struct TrainerConfig {
     /// Intra-op CPU threads (libtorch's default when null).
     pub threads: Option<usize>,
     pub device: DeviceChoice,
+    /// Data-parallel runs all-reduce gradients in coalesced buckets of about this many MiB
+    /// (PyTorch DDP's `bucket_cap_mb`); one collective per bucket.
+    pub bucket_mb: f64,
 }
 
 impl Default for TrainerConfig {
@@ -81,6 +84,7 @@ impl Default for TrainerConfig {
             max_bad_steps: 5,
             threads: None,
             device: DeviceChoice::Auto,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -186,6 +190,12 @@ impl Recipe {
         }
         if t.z_loss.is_nan() || t.z_loss < 0.0 {
             return Err(Error::config("trainer.z_loss", "must be >= 0"));
+        }
+        if !(t.bucket_mb.is_finite() && t.bucket_mb > 0.0) {
+            return Err(Error::config(
+                "trainer.bucket_mb",
+                format!("{} must be a positive number of MiB", t.bucket_mb),
+            ));
         }
         Ok(())
     }

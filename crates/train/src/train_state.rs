@@ -1,5 +1,5 @@
 //! What a checkpoint holds besides tensors: counters, the data-stream position and the recipe
-//! hash. Written as `train_state.json` next to `model.safetensors` and `optimizer.safetensors`.
+//! hash (and, for data-parallel runs, every rank's data-stream position). Written as `train_state.json` next to `model.safetensors` and `optimizer.safetensors`.
 
 use std::path::Path;
 
@@ -27,8 +27,13 @@ pub struct TrainState {
     pub tokens_seen: u64,
     pub skipped_steps: u64,
     pub consecutive_bad: u32,
-    /// Where the data stream continues.
+    /// Where the data stream continues (rank 0's stream in a data-parallel run).
     pub data: StreamState,
+    /// Every rank's stream position, indexed by rank, when the checkpoint was written by a
+    /// data-parallel run of more than one rank; empty for single-process runs (so their
+    /// `train_state.json` keeps its earlier form and older checkpoints still load).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_ranks: Vec<StreamState>,
     pub recipe_hash: String,
     /// The model's seed. Nothing draws from libtorch's RNG after initialisation (no dropout), so
     /// weights + this are the whole random state; the data stream carries its own.

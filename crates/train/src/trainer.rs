@@ -1,19 +1,29 @@
 //! The training loop: build the parts in data-flow order, then step, log and checkpoint until
 //! the step budget is spent, a signal arrives, or too many steps go bad.
+//!
+//! Data-parallel runs (a launcher environment with `WORLD_SIZE > 1`) join a c10d process group
+//! ([`DataParallel`]): the recipe hash is compared across ranks, rank 0's initial weights are
+//! broadcast, each rank reads its own shard of the data, gradients are averaged in buckets after
+//! the accumulation loop, and the step's loss sums (plus a stop vote) are all-reduced so every
+//! rank takes the same update/skip/stop decision. Only rank 0 writes the run directory's shared
+//! files (recipe.yaml, metrics, TensorBoard, checkpoints); a checkpoint holds every rank's
+//! data-stream position (`TrainState::data_ranks`), gathered through the store.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{nn, Device, Kind, Tensor};
 
-use corenet_data::{Batch, DataStream, HfTokenizer, Mode, TextTokenizer};
+use corenet_data::{Batch, DataStream, HfTokenizer, Mode, StreamState, TextTokenizer};
 use corenet_model::OpenElm;
 
 use crate::checkpoint_store::CheckpointStore;
+use crate::data_parallel::DataParallel;
+use crate::dist::DistEnv;
 use crate::error::{Error, Result};
 use crate::metrics::{mfu, peak_bf16_flops, MetricsRecord, MetricsSink, Throughput};
 use crate::optim::AdamW;
@@ -43,9 +53,23 @@ pub struct TrainOptions {
     pub stop_at: Option<u64>,
     /// Fault injection for tests: these steps get a NaN loss.
     pub inject_nan_steps: BTreeSet<u64>,
+    /// Used when `dist` is unset: a single process is rank 0 of 1. With `world_size > 1` and no
+    /// `dist`, the launcher environment is read ([`DistEnv::from_env`]).
     pub rank: usize,
     pub world_size: usize,
+    /// The launcher's description of a data-parallel job (torchrun/Slurm variables); a world of
+    /// one trains as a single process.
+    pub dist: Option<DistEnv>,
+    /// Bounds the rendezvous and every collective and store read ([`DEFAULT_DIST_TIMEOUT`] when
+    /// unset): a dead or stuck rank makes the others fail after at most this long.
+    pub dist_timeout: Option<Duration>,
+    /// When a checkpoint's data-stream positions cannot be restored on this world size, start
+    /// the data stream afresh (model, optimizer and counters still resume) instead of failing.
+    pub restart_data: bool,
 }
+
+/// How long collectives wait for a peer unless [`TrainOptions::dist_timeout`] says otherwise.
+pub const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How a call to `train` ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +89,8 @@ struct StepValues {
     ce: f64,
     z_loss: f64,
     grad_norm: f64,
+    /// Ranks that asked to stop (SIGINT/SIGTERM) this step; always 0 in a single process.
+    stop_votes: f64,
 }
 
 pub struct Trainer {
@@ -79,13 +105,20 @@ pub struct Trainer {
     state: TrainState,
     accumulation: usize,
     pad_id: i64,
-    metrics: MetricsSink,
+    /// Rank 0 (or a single process) only.
+    metrics: Option<MetricsSink>,
     tensorboard: Option<EventWriter>,
     throughput: Throughput,
     flops_per_token: f64,
     peak_flops: Option<f64>,
     stop: Arc<AtomicBool>,
     options: TrainOptions,
+    /// The process group of a data-parallel run (world size > 1).
+    dp: Option<DataParallel>,
+    /// Step of the last checkpoint this run wrote or resumed from.
+    last_saved: Option<u64>,
+    /// A data-parallel run stops when any rank asked to (agreed through the loss all-reduce).
+    stop_agreed: bool,
 }
 
 fn pick_device(choice: DeviceChoice) -> Result<Device> {
@@ -99,8 +132,13 @@ fn pick_device(choice: DeviceChoice) -> Result<Device> {
 
 impl Trainer {
     /// Validates the recipe and its files, builds every part, and restores a checkpoint if asked.
+    /// In a data-parallel run this joins the process group and blocks until every rank has.
     pub fn new(recipe: Recipe, options: TrainOptions) -> Result<Trainer> {
-        let world = options.world_size.max(1);
+        let env = dist_env(&options)?;
+        let (rank, world) = match &env {
+            Some(env) => (env.rank, env.world_size),
+            None => (options.rank, options.world_size.max(1)),
+        };
         let accumulation = recipe.accumulation(world)?;
         recipe.validate_files()?;
         let tokenizer = HfTokenizer::from_file(&recipe.data.tokenizer)?;
@@ -108,25 +146,56 @@ impl Trainer {
         if let Some(threads) = recipe.trainer.threads {
             tch::set_num_threads(threads as i32);
         }
-        let device = pick_device(recipe.trainer.device)?;
+        let device = rank_device(pick_device(recipe.trainer.device)?, env.as_ref())?;
+        let dp = env
+            .as_ref()
+            .map(|env| {
+                DataParallel::new(
+                    env,
+                    device,
+                    options.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT),
+                    recipe.trainer.bucket_mb,
+                )
+            })
+            .transpose()?;
+        let recipe_hash = recipe.hash();
+        if let Some(dp) = &dp {
+            dp.check_recipe_hash(&recipe_hash)?;
+        }
         let (vs, model) = build_model(&recipe, device)?;
+        if let Some(dp) = &dp {
+            // Same seed, same weights in principle; the broadcast makes it so regardless of
+            // the platform's RNG, before the optimizer copies f32 masters from them.
+            dp.broadcast_parameters(&model.named_parameters())?;
+        }
         let mut optim = AdamW::new(model.named_parameters(), &recipe.optimizer)?;
         let schedule = Schedule::new(&recipe.schedule)?;
         let store = CheckpointStore::new(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)?;
-        let restored = restore(&store, &options.resume, &model, &mut optim)?;
-        let recipe_hash = recipe.hash();
+        let resume_dir = match &dp {
+            None => resolve_resume(&store, &options.resume)?,
+            Some(dp) => agree_resume(dp, &store, &options.resume)?,
+        };
+        let restored = match &resume_dir {
+            Some(dir) => {
+                let state = read_checkpoint(dir, &model, &mut optim)?;
+                tracing::info!(step = state.step, dir = %dir.display(), "resumed");
+                Some(state)
+            }
+            None => None,
+        };
         if let Some(state) = &restored {
             if state.recipe_hash != recipe_hash {
                 tracing::warn!(checkpoint = %state.recipe_hash, recipe = %recipe_hash, "resuming with a recipe that differs from the checkpoint's");
             }
         }
-        let data = DataStream::open(
-            &recipe.data,
-            options.rank,
-            world,
-            restored.as_ref().map(|s| s.data.clone()),
-        )?;
-        let state = restored.unwrap_or_else(|| TrainState {
+        let data_resume = match (&restored, &resume_dir) {
+            (Some(state), Some(dir)) => {
+                rank_data_state(state, dir, rank, world, &recipe, options.restart_data)?
+            }
+            _ => None,
+        };
+        let data = DataStream::open(&recipe.data, rank, world, data_resume)?;
+        let mut state = restored.unwrap_or_else(|| TrainState {
             format_version: STATE_FORMAT_VERSION,
             step: 0,
             optimizer_steps: 0,
@@ -134,18 +203,28 @@ impl Trainer {
             skipped_steps: 0,
             consecutive_bad: 0,
             data: data.state().clone(),
+            data_ranks: Vec::new(),
             recipe_hash: recipe_hash.clone(),
             seed: recipe.trainer.seed,
         });
-        let log_dir = recipe.log_dir();
-        std::fs::create_dir_all(&log_dir).map_err(|e| Error::io("create", &log_dir, e))?;
-        std::fs::write(log_dir.join("recipe.yaml"), recipe.to_yaml()?)
-            .map_err(|e| Error::io("write", log_dir.join("recipe.yaml"), e))?;
-        let metrics = MetricsSink::resume(log_dir.join("metrics.jsonl"), state.step)?;
-        let tensorboard = if recipe.logging.tensorboard {
-            Some(EventWriter::create(log_dir.join("tb"))?)
+        // In memory, `data` is this rank's own position; `save` gathers every rank's.
+        state.data = data.state().clone();
+        state.data_ranks.clear();
+        let last_saved = resume_dir.as_ref().map(|_| state.step);
+        let (metrics, tensorboard) = if rank == 0 {
+            let log_dir = recipe.log_dir();
+            std::fs::create_dir_all(&log_dir).map_err(|e| Error::io("create", &log_dir, e))?;
+            std::fs::write(log_dir.join("recipe.yaml"), recipe.to_yaml()?)
+                .map_err(|e| Error::io("write", log_dir.join("recipe.yaml"), e))?;
+            let metrics = MetricsSink::resume(log_dir.join("metrics.jsonl"), state.step)?;
+            let tensorboard = if recipe.logging.tensorboard {
+                Some(EventWriter::create(log_dir.join("tb"))?)
+            } else {
+                None
+            };
+            (Some(metrics), tensorboard)
         } else {
-            None
+            (None, None)
         };
         let flops_per_token = recipe.model.training_flops_per_token(recipe.data.seq_len)?;
         let peak_flops = match device {
@@ -155,6 +234,8 @@ impl Trainer {
         tracing::info!(
             params = recipe.model.param_count()?.total(),
             accumulation,
+            rank,
+            world_size = world,
             start_step = state.step,
             ?device,
             "trainer ready"
@@ -178,6 +259,9 @@ impl Trainer {
             peak_flops,
             stop: Arc::new(AtomicBool::new(false)),
             options,
+            dp,
+            last_saved,
+            stop_agreed: false,
         })
     }
 
@@ -209,7 +293,7 @@ impl Trainer {
             interrupted: false,
         };
         while self.state.step < end {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 summary.interrupted = true;
                 break;
             }
@@ -221,8 +305,7 @@ impl Trainer {
             self.after_step(values, &progress)?;
         }
         progress.finish_and_clear();
-        let last_saved = self.store.latest_valid()?.map(|c| c.step);
-        if last_saved != Some(self.state.step) {
+        if self.last_saved != Some(self.state.step) {
             self.save()?;
         }
         summary.final_step = self.state.step;
@@ -255,6 +338,26 @@ impl Trainer {
         if self.options.inject_nan_steps.contains(&self.state.step) {
             sums *= f64::NAN;
         }
+        // [total, ce, z, stop votes]: summed over ranks in a data-parallel run, so every rank
+        // sees the same loss (the mean over all micro-batches of all ranks) and stop decision.
+        let vote = f32::from(u8::from(self.stop.load(Ordering::SeqCst)));
+        let packed = Tensor::cat(
+            &[sums, Tensor::from_slice(&[vote]).to_device(self.device)],
+            0,
+        );
+        let mut micro_batches = self.accumulation;
+        if let Some(dp) = &self.dp {
+            let grads: Vec<Tensor> = self
+                .model
+                .named_parameters()
+                .into_iter()
+                .map(|(_, p)| p.grad())
+                .filter(Tensor::defined)
+                .collect();
+            dp.all_reduce_gradients(&grads)?;
+            dp.all_reduce_sum(&packed)?;
+            micro_batches *= dp.world_size();
+        }
         let norm = match self.recipe.optimizer.grad_clip {
             Some(max) => self.optim.clip_grad_norm(max),
             None => self.optim.grad_norm(),
@@ -263,8 +366,9 @@ impl Trainer {
         let host = Vec::<f64>::try_from(
             Tensor::cat(
                 &[
-                    sums / self.accumulation as f64,
+                    packed.narrow(0, 0, 3) / micro_batches as f64,
                     norm.to_kind(Kind::Float).reshape([1]),
+                    packed.narrow(0, 3, 1),
                 ],
                 0,
             )
@@ -275,7 +379,11 @@ impl Trainer {
             ce: host[1],
             z_loss: host[2],
             grad_norm: host[3],
+            stop_votes: host[4],
         };
+        if values.stop_votes > 0.0 {
+            self.stop_agreed = true;
+        }
         if values.loss.is_finite() && values.grad_norm.is_finite() {
             self.optim.step(lr)?;
             self.state.optimizer_steps += 1;
@@ -323,6 +431,19 @@ impl Trainer {
         (inputs, targets)
     }
 
+    /// A stop request: this process's flag, or in a data-parallel run any rank's flag as of the
+    /// last step (all ranks must stop at the same step).
+    fn stop_requested(&self) -> bool {
+        match self.dp {
+            None => self.stop.load(Ordering::SeqCst),
+            Some(_) => self.stop_agreed,
+        }
+    }
+
+    fn is_root(&self) -> bool {
+        self.dp.as_ref().is_none_or(|dp| dp.rank() == 0)
+    }
+
     fn after_step(&mut self, values: StepValues, progress: &ProgressBar) -> Result<()> {
         let step = self.state.step;
         self.throughput
@@ -335,7 +456,7 @@ impl Trainer {
             self.throughput.tokens_per_s().unwrap_or(0.0)
         ));
         let total = self.recipe.trainer.steps;
-        if step % self.recipe.logging.interval.max(1) == 0 || step == total {
+        if self.is_root() && (step % self.recipe.logging.interval.max(1) == 0 || step == total) {
             self.log(values)?;
         }
         let interval = self.recipe.checkpoint.interval;
@@ -365,8 +486,16 @@ impl Trainer {
             extras: Default::default(),
         }
         .with_extra("skipped_steps", self.state.skipped_steps)
-        .with_extra("world_size", self.options.world_size.max(1) as u64);
-        self.metrics.write(&record)?;
+        .with_extra(
+            "world_size",
+            self.dp
+                .as_ref()
+                .map_or(self.options.world_size.max(1), DataParallel::world_size)
+                as u64,
+        );
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&record)?;
+        }
         if let Some(tb) = &mut self.tensorboard {
             let scalars = [
                 ("loss/total_loss", values.loss as f32),
@@ -392,19 +521,65 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes a checkpoint of the current state (atomically; the old ones stay until it is durable).
-    pub fn save(&self) -> Result<()> {
+    /// Writes a checkpoint of the current state (atomically; the old ones stay until it is
+    /// durable). In a data-parallel run every rank must call it: rank 0 gathers the ranks'
+    /// data-stream positions through the store, writes the checkpoint alone, and all ranks wait
+    /// for the outcome (rank 0's failure is an error on every rank).
+    pub fn save(&mut self) -> Result<()> {
+        let Some(dp) = &self.dp else {
+            self.write(&self.state)?;
+            self.last_saved = Some(self.state.step);
+            return Ok(());
+        };
+        let own = self.state.data.to_json()?;
+        let gathered = dp.gather_to_root("data_state", own.as_bytes())?;
+        let outcome = gathered.map(|all| -> Result<()> {
+            let data_ranks = all
+                .iter()
+                .enumerate()
+                .map(|(rank, bytes)| {
+                    StreamState::from_json(&String::from_utf8_lossy(bytes)).map_err(|e| {
+                        Error::Dist {
+                            op: "gather data state".into(),
+                            message: format!("rank {rank}'s data-stream state: {e}"),
+                        }
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut state = self.state.clone();
+            state.data = data_ranks[0].clone();
+            state.data_ranks = data_ranks;
+            self.write(&state)
+        });
+        let shared = dp.share_result(
+            "save checkpoint",
+            outcome
+                .as_ref()
+                .map(|r| r.as_ref().map(|()| Vec::new()).map_err(ToString::to_string)),
+        );
+        if let Some(outcome) = outcome {
+            outcome?;
+        }
+        shared?;
+        self.last_saved = Some(self.state.step);
+        Ok(())
+    }
+
+    fn write(&self, state: &TrainState) -> Result<()> {
         let mut metadata = serde_json::Map::new();
-        metadata.insert("recipe_hash".into(), self.state.recipe_hash.clone().into());
-        let saved = self.store.save(self.state.step, metadata, |dir| {
-            write_checkpoint(dir, &self.model, &self.optim, &self.state)
+        metadata.insert("recipe_hash".into(), state.recipe_hash.clone().into());
+        if !state.data_ranks.is_empty() {
+            metadata.insert("world_size".into(), state.data_ranks.len().into());
+        }
+        let saved = self.store.save(state.step, metadata, |dir| {
+            write_checkpoint(dir, &self.model, &self.optim, state)
         })?;
-        tracing::info!(step = self.state.step, dir = %saved.dir.display(), "checkpoint saved");
+        tracing::info!(step = state.step, dir = %saved.dir.display(), "checkpoint saved");
         Ok(())
     }
 
     fn progress_bar(&self, total: u64) -> ProgressBar {
-        if !self.recipe.logging.progress {
+        if !self.recipe.logging.progress || !self.is_root() {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(total);
@@ -457,13 +632,9 @@ fn build_model(recipe: &Recipe, device: Device) -> Result<(nn::VarStore, OpenElm
     Ok((vs, model))
 }
 
-fn restore(
-    store: &CheckpointStore,
-    resume: &Resume,
-    model: &OpenElm,
-    optim: &mut AdamW,
-) -> Result<Option<TrainState>> {
-    let dir = match resume {
+/// The checkpoint directory to resume from, if any.
+fn resolve_resume(store: &CheckpointStore, resume: &Resume) -> Result<Option<PathBuf>> {
+    match resume {
         Resume::Fresh => {
             if let Some(existing) = store.list()?.last() {
                 return Err(Error::Checkpoint {
@@ -471,23 +642,141 @@ fn restore(
                     reason: "the run directory already has checkpoints: resume it (--resume auto) or choose a new run.dir".into(),
                 });
             }
-            return Ok(None);
+            Ok(None)
         }
         Resume::Auto => match store.latest_valid()? {
-            Some(checkpoint) => checkpoint.dir,
+            Some(checkpoint) => Ok(Some(checkpoint.dir)),
             None => {
                 tracing::info!(dir = %store.root().display(), "no checkpoint to resume from; starting fresh");
-                return Ok(None);
+                Ok(None)
             }
         },
         Resume::Path(dir) => {
             CheckpointStore::verify(dir)?;
-            dir.clone()
+            Ok(Some(dir.clone()))
         }
+    }
+}
+
+/// Rank 0 picks the checkpoint (so that every rank resumes from the same one even while the
+/// directory changes) and shares its choice; every rank then reads it from the shared file
+/// system.
+fn agree_resume(
+    dp: &DataParallel,
+    store: &CheckpointStore,
+    resume: &Resume,
+) -> Result<Option<PathBuf>> {
+    let choice = (dp.rank() == 0).then(|| resolve_resume(store, resume));
+    let encoded = choice.as_ref().map(|c| match c {
+        Ok(dir) => dir
+            .as_ref()
+            .map_or(Some(String::new()), |d| d.to_str().map(str::to_owned))
+            .map(String::into_bytes)
+            .ok_or_else(|| "the checkpoint path is not valid UTF-8".to_string()),
+        Err(e) => Err(e.to_string()),
+    });
+    let shared = dp.share_result("choose checkpoint", encoded);
+    if let Some(choice) = choice {
+        let dir = choice?;
+        shared?;
+        return Ok(dir);
+    }
+    let bytes = shared?;
+    let path = String::from_utf8_lossy(&bytes).into_owned();
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+}
+
+/// This rank's data-stream position from a checkpoint, or `None` to start the stream afresh.
+/// A position belongs to one (rank, world size) layout: each rank reads a fixed share of every
+/// source (`scaled_rank = rank × workers + worker` of `world_size × workers`), so positions
+/// saved by N ranks cannot be re-partitioned over M.
+fn rank_data_state(
+    state: &TrainState,
+    dir: &Path,
+    rank: usize,
+    world: usize,
+    recipe: &Recipe,
+    restart_data: bool,
+) -> Result<Option<StreamState>> {
+    let saved_world = if state.data_ranks.is_empty() {
+        state.data.world_size
+    } else {
+        state.data_ranks.len()
     };
-    let state = read_checkpoint(&dir, model, optim)?;
-    tracing::info!(step = state.step, dir = %dir.display(), "resumed");
-    Ok(Some(state))
+    if saved_world == world {
+        let own = if state.data_ranks.is_empty() {
+            state.data.clone()
+        } else {
+            state.data_ranks[rank].clone()
+        };
+        return Ok(Some(own));
+    }
+    if restart_data {
+        tracing::warn!(saved_world, world, dir = %dir.display(), "the checkpoint's data-stream positions do not fit this world size; restarting the data stream from the beginning as asked");
+        return Ok(None);
+    }
+    Err(Error::Checkpoint {
+        dir: dir.to_path_buf(),
+        reason: format!(
+            "written by {saved_world} rank(s), resumed on {world}: model and optimizer state carry over (the global batch of {} stays, accumulation adapts), but the data-stream positions cannot be re-partitioned, since each rank reads a share of every source fixed by its rank and the world size. Resume on {saved_world} rank(s), or restart the data stream from the beginning with --restart-data (TrainOptions::restart_data)",
+            recipe.trainer.global_batch
+        ),
+    })
+}
+
+/// The launcher environment of a data-parallel run, or `None` for a single process.
+fn dist_env(options: &TrainOptions) -> Result<Option<DistEnv>> {
+    let env = match &options.dist {
+        Some(env) => env.clone(),
+        None if options.world_size > 1 => DistEnv::from_env()?.ok_or_else(|| Error::Env {
+            var: "WORLD_SIZE".into(),
+            message: format!(
+                "the trainer was asked for a world of {} but no launcher variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) are set",
+                options.world_size
+            ),
+        })?,
+        None => return Ok(None),
+    };
+    env.validate()?;
+    if options.world_size > 1 && options.world_size != env.world_size {
+        return Err(Error::Env {
+            var: "WORLD_SIZE".into(),
+            message: format!(
+                "the launcher says {}, the trainer options {}",
+                env.world_size, options.world_size
+            ),
+        });
+    }
+    if options.world_size > 1 && options.rank != env.rank {
+        return Err(Error::Env {
+            var: "RANK".into(),
+            message: format!(
+                "the launcher says {}, the trainer options {}",
+                env.rank, options.rank
+            ),
+        });
+    }
+    Ok((env.world_size > 1).then_some(env))
+}
+
+/// A data-parallel rank on CUDA uses the device of its local rank.
+fn rank_device(device: Device, env: Option<&DistEnv>) -> Result<Device> {
+    match (device, env) {
+        (Device::Cuda(_), Some(env)) => {
+            let visible = tch::Cuda::device_count().max(0) as usize;
+            if env.local_rank >= visible {
+                return Err(Error::Env {
+                    var: "LOCAL_RANK".into(),
+                    message: format!(
+                        "local rank {} needs CUDA device {}, but {visible} are visible",
+                        env.local_rank, env.local_rank
+                    ),
+                });
+            }
+            Ok(Device::Cuda(env.local_rank))
+        }
+        (device, _) => Ok(device),
+    }
 }
 
 fn cuda_name(_index: usize) -> String {

@@ -45,7 +45,10 @@ fn check_path(path: &Path, fused: bool) {
         ("w".to_string(), w.shallow_clone()),
         ("n".to_string(), n.shallow_clone()),
     ];
-    let config = OptimizerConfig { fused, ..OptimizerConfig::default() };
+    let config = OptimizerConfig {
+        fused,
+        ..OptimizerConfig::default()
+    };
     let mut opt = AdamW::new(named, &config).expect("optimizer");
     let lrs: Vec<f64> = Vec::<f64>::try_from(&f["lrs"]).expect("lrs");
     for (step, lr) in lrs.iter().enumerate() {

@@ -236,6 +236,18 @@ fn logs_metrics_tensorboard_and_the_resolved_recipe() {
     assert_eq!(reparsed, r);
 }
 
+/// The error `Trainer::new` reports for `recipe` (it must fail).
+fn startup_error(recipe: Recipe) -> String {
+    let options = TrainOptions {
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    match Trainer::new(recipe, options) {
+        Ok(_) => panic!("the trainer accepted a bad recipe"),
+        Err(err) => err.to_string(),
+    }
+}
+
 #[test]
 fn recipe_errors_name_the_key_before_any_work() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -259,40 +271,11 @@ fn recipe_errors_name_the_key_before_any_work() {
         .contains("schedule.max_lr"));
 
     let bad_batch = recipe(&base, &["trainer.global_batch=10"]);
-    let err = Trainer::new(
-        bad_batch,
-        TrainOptions {
-            world_size: 1,
-            ..TrainOptions::default()
-        },
-    )
-    .err()
-    .expect("indivisible");
-    assert!(err.to_string().contains("trainer.global_batch"), "{err}");
-
+    assert!(startup_error(bad_batch).contains("trainer.global_batch"));
     let missing = recipe(&base, &["data.tokenizer=/nonexistent/tokenizer.json"]);
-    let err = Trainer::new(
-        missing,
-        TrainOptions {
-            world_size: 1,
-            ..TrainOptions::default()
-        },
-    )
-    .err()
-    .expect("missing tokenizer");
-    assert!(err.to_string().contains("data.tokenizer"), "{err}");
-
+    assert!(startup_error(missing).contains("data.tokenizer"));
     let missing = recipe(&base, &["data.sources.1.paths=[/nonexistent/*.jsonl]"]);
-    let err = Trainer::new(
-        missing,
-        TrainOptions {
-            world_size: 1,
-            ..TrainOptions::default()
-        },
-    )
-    .err()
-    .expect("missing shards");
-    assert!(err.to_string().contains("data.sources.1.paths"), "{err}");
+    assert!(startup_error(missing).contains("data.sources.1.paths"));
     assert!(
         !dir.path().join("run").exists(),
         "nothing was written before validation failed"

@@ -1,0 +1,589 @@
+//! Data-parallel training on Gloo over loopback. As in tests/dist.rs, multi-rank tests re-run
+//! this test binary as child processes (one per rank, `CORENET_DDP_CHILD` set, `--exact NAME`
+//! selecting the test) with torchrun-style environment variables; each child reads the recipe
+//! the parent wrote and trains. The parent checks exit codes, output and the run directories,
+//! and kills children that outlive a deadline, so a hang fails the test instead of stalling it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use corenet_train::dist::DistEnv;
+use corenet_train::metrics::read_metrics;
+use corenet_train::overrides::Override;
+use corenet_train::train_state::TrainState;
+use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
+use serde_json::Value;
+
+const ROLE_VAR: &str = "CORENET_DDP_CHILD";
+/// The recipe tree (JSON) the child trains.
+const RECIPE_VAR: &str = "CORENET_DDP_RECIPE";
+/// `fresh` (default) or `auto`.
+const RESUME_VAR: &str = "CORENET_DDP_RESUME";
+const STOP_AT_VAR: &str = "CORENET_DDP_STOP_AT";
+/// One more `--set` override for this child only.
+const EXTRA_VAR: &str = "CORENET_DDP_EXTRA";
+const TIMEOUT_VAR: &str = "CORENET_DDP_TIMEOUT_S";
+
+fn recipe_tree(value: &Value, sets: &[&str]) -> Value {
+    let mut tree = value.clone();
+    for s in sets {
+        Override::parse(s)
+            .expect("override")
+            .apply(&mut tree)
+            .expect("apply");
+    }
+    tree
+}
+
+fn recipe(value: &Value, sets: &[&str]) -> Recipe {
+    Recipe::from_value(recipe_tree(value, sets)).expect("recipe")
+}
+
+// --- the child: one rank -----------------------------------------------------------------------
+
+fn child() {
+    let env = DistEnv::from_env().expect("launcher env").expect("set");
+    let text = std::fs::read_to_string(std::env::var(RECIPE_VAR).expect("recipe var"))
+        .expect("read recipe");
+    let mut tree: Value = serde_json::from_str(&text).expect("recipe json");
+    if let Ok(extra) = std::env::var(EXTRA_VAR) {
+        tree = recipe_tree(&tree, &[&extra]);
+    }
+    let recipe = Recipe::from_value(tree).expect("recipe");
+    let resume = match std::env::var(RESUME_VAR).as_deref() {
+        Ok("auto") => Resume::Auto,
+        _ => Resume::Fresh,
+    };
+    let stop_at = std::env::var(STOP_AT_VAR)
+        .ok()
+        .map(|s| s.parse().expect("stop at"));
+    let timeout = std::env::var(TIMEOUT_VAR)
+        .ok()
+        .map_or(20, |s| s.parse().expect("timeout"));
+    let options = TrainOptions {
+        resume,
+        stop_at,
+        rank: env.rank,
+        world_size: env.world_size,
+        dist: Some(env.clone()),
+        dist_timeout: Some(Duration::from_secs(timeout)),
+        ..TrainOptions::default()
+    };
+    let outcome = Trainer::new(recipe, options).and_then(|mut trainer| trainer.train());
+    match outcome {
+        Ok(summary) => println!("DDP_OK rank {} step {}", env.rank, summary.final_step),
+        Err(err) => {
+            println!("DDP_ERR rank {}: {err}", env.rank);
+            // The trainer (and its process group) has been dropped normally by now.
+            std::process::exit(3);
+        }
+    }
+}
+
+// --- the parent: spawning and watching ranks ------------------------------------------------
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+struct Ranks {
+    children: Vec<Child>,
+    logs: PathBuf,
+}
+
+struct RankResult {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Starts `world` ranks of test `test`, training the recipe tree `tree`; `env(rank)` adds
+/// variables for one rank.
+fn spawn_ranks(
+    test: &str,
+    dir: &Path,
+    tree: &Value,
+    world: usize,
+    env: impl Fn(usize) -> HashMap<&'static str, String>,
+) -> Ranks {
+    let exe = std::env::current_exe().expect("current exe");
+    let port = free_port();
+    let logs = tempfile::Builder::new()
+        .prefix("logs")
+        .tempdir_in(dir)
+        .expect("log dir")
+        .keep();
+    let recipe_path = logs.join("recipe.json");
+    std::fs::write(&recipe_path, serde_json::to_string(tree).expect("json")).expect("write");
+    let children = (0..world)
+        .map(|rank| {
+            let out = std::fs::File::create(logs.join(format!("{rank}.out"))).expect("out");
+            let err = std::fs::File::create(logs.join(format!("{rank}.err"))).expect("err");
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+                .env(ROLE_VAR, "rank")
+                .env(RECIPE_VAR, &recipe_path)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("LOCAL_WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            for (k, v) in env(rank) {
+                cmd.env(k, v);
+            }
+            cmd.spawn().expect("spawn a rank")
+        })
+        .collect();
+    Ranks { children, logs }
+}
+
+impl Ranks {
+    fn logs(&self) -> String {
+        (0..self.children.len())
+            .map(|r| {
+                let read = |ext: &str| {
+                    std::fs::read_to_string(self.logs.join(format!("{r}.{ext}")))
+                        .unwrap_or_default()
+                };
+                format!(
+                    "--- rank {r} stdout:\n{}\n--- rank {r} stderr:\n{}",
+                    read("out"),
+                    read("err")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for every rank; kills all and panics (a hang) after `deadline`.
+    fn wait(mut self, deadline: Duration) -> Vec<RankResult> {
+        let start = Instant::now();
+        let world = self.children.len();
+        let mut codes: Vec<Option<Option<i32>>> = vec![None; world];
+        while codes.iter().any(Option::is_none) {
+            for (rank, child) in self.children.iter_mut().enumerate() {
+                if codes[rank].is_none() {
+                    codes[rank] = child.try_wait().expect("try_wait").map(|s| s.code());
+                }
+            }
+            if start.elapsed() > deadline {
+                for child in &mut self.children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                panic!(
+                    "ranks still running after {deadline:?} (a hang):\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        codes
+            .into_iter()
+            .enumerate()
+            .map(|(rank, code)| RankResult {
+                code: code.flatten(),
+                stdout: std::fs::read_to_string(self.logs.join(format!("{rank}.out")))
+                    .unwrap_or_default(),
+                stderr: std::fs::read_to_string(self.logs.join(format!("{rank}.err")))
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+fn assert_ok(results: &[RankResult], step: u64) {
+    for (rank, r) in results.iter().enumerate() {
+        assert!(
+            r.code == Some(0)
+                && r.stdout
+                    .contains(&format!("DDP_OK rank {rank} step {step}")),
+            "rank {rank} failed ({:?}):\n--- stdout:\n{}\n--- stderr:\n{}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+    }
+}
+
+/// Runs 2 ranks to completion and checks they both ended at `step`.
+fn train_2_ranks(
+    test: &str,
+    dir: &Path,
+    tree: &Value,
+    env: impl Fn(usize) -> HashMap<&'static str, String>,
+    step: u64,
+) {
+    let results = spawn_ranks(test, dir, tree, 2, env).wait(Duration::from_secs(240));
+    assert_ok(&results, step);
+}
+
+fn no_env(_: usize) -> HashMap<&'static str, String> {
+    HashMap::new()
+}
+
+fn newest_checkpoint(run_dir: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("a checkpoint")
+}
+
+fn load_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(path).expect("read safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn max_abs_diff(a: &Path, b: &Path) -> f32 {
+    let (ta, tb) = (load_tensors(a), load_tensors(b));
+    assert_eq!(ta.len(), tb.len(), "same tensors");
+    let mut worst = 0f32;
+    for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert_eq!(va.len(), vb.len(), "{na}");
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+fn read_state(checkpoint: &Path) -> TrainState {
+    serde_json::from_slice(&std::fs::read(checkpoint.join("train_state.json")).expect("state"))
+        .expect("state json")
+}
+
+/// The tiny setup with a 2-rank-friendly layout: global batch 8 = 2 ranks × micro 4.
+fn base(dir: &Path) -> Value {
+    recipe_tree(
+        &common::setup(dir),
+        &[
+            "trainer.steps=6",
+            "checkpoint.interval=3",
+            // ~10 KiB buckets: the tiny model's gradients span several.
+            "trainer.bucket_mb=0.01",
+        ],
+    )
+}
+
+// --- (a) 2 ranks × b == 1 process × 2 accumulation steps of b ---------------------------------
+
+/// Two ranks with micro-batch 4 must reach the parameters of one process with global batch 8
+/// in two accumulation steps of 4, *on the same rows*. The data stream shards by "scaled rank"
+/// `rank × workers + worker` of `world_size × workers`, and batches go round-robin over workers,
+/// so one process with 2 data workers reads, in its two micro-batches of a step, exactly what
+/// ranks 0 and 1 with 1 worker each read in that step (same shard plans, same mixing seeds).
+/// The gradients are then the same sums: one process accumulates 0.5·g0 + 0.5·g1 (loss scaled
+/// by 1/accumulation), the ranks average g0 and g1 — equal up to f32 rounding (in fact the
+/// power-of-two scaling is exact), hence the 1e-5 bound on the weights.
+#[test]
+fn two_ranks_match_one_process_with_accumulation() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = base(dir.path());
+    let ddp_dir = dir.path().join("ddp");
+    let ddp = recipe_tree(
+        &base,
+        &["data.workers=1", &format!("run.dir={}", ddp_dir.display())],
+    );
+    train_2_ranks(
+        "two_ranks_match_one_process_with_accumulation",
+        dir.path(),
+        &ddp,
+        no_env,
+        6,
+    );
+
+    let single_dir = dir.path().join("single");
+    let single = recipe(
+        &base,
+        &[
+            "data.workers=2",
+            &format!("run.dir={}", single_dir.display()),
+        ],
+    );
+    let mut trainer = Trainer::new(
+        single,
+        TrainOptions {
+            world_size: 1,
+            ..TrainOptions::default()
+        },
+    )
+    .expect("single-process trainer");
+    assert_eq!(trainer.train().expect("train").final_step, 6);
+
+    let a = newest_checkpoint(&ddp_dir);
+    let b = newest_checkpoint(&single_dir);
+    assert!(a.ends_with("step-00000006") && b.ends_with("step-00000006"));
+    let diff = max_abs_diff(&a.join("model.safetensors"), &b.join("model.safetensors"));
+    eprintln!("max weight difference: {diff}");
+    assert!(diff <= 1e-5, "weights differ by {diff}");
+
+    // The logged loss is the mean over all 8 rows of a step in both runs.
+    let ma = read_metrics(ddp_dir.join("metrics.jsonl")).expect("ddp metrics");
+    let mb = read_metrics(single_dir.join("metrics.jsonl")).expect("single metrics");
+    assert_eq!(ma.len(), 6, "rank 0 alone writes one line per step");
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert!(
+            (x.loss - y.loss).abs() < 1e-5,
+            "step {}: {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+        assert_eq!(x.tokens_seen, y.tokens_seen);
+    }
+    // Every rank's data position is in the checkpoint; single-process ones keep the old form.
+    let state = read_state(&a);
+    assert_eq!(state.data_ranks.len(), 2);
+    assert_eq!(
+        state.data_ranks.iter().map(|s| s.rank).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert_eq!(state.data, state.data_ranks[0]);
+    let text = std::fs::read_to_string(b.join("train_state.json")).expect("state");
+    assert!(!text.contains("data_ranks"), "{text}");
+}
+
+// --- (b) a 2-rank checkpoint resumes exactly on 2 ranks -------------------------------------
+
+#[test]
+fn two_rank_checkpoint_resumes_exactly() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    const TEST: &str = "two_rank_checkpoint_resumes_exactly";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = recipe_tree(&base(dir.path()), &["data.workers=1"]);
+    let straight_dir = dir.path().join("straight");
+    let straight = recipe_tree(&base, &[&format!("run.dir={}", straight_dir.display())]);
+    train_2_ranks(TEST, dir.path(), &straight, no_env, 6);
+
+    // Stop at step 4 (after the checkpoint at 3, so the stop writes one at 4), then resume.
+    let split_dir = dir.path().join("split");
+    let split = recipe_tree(&base, &[&format!("run.dir={}", split_dir.display())]);
+    let stop = |_| HashMap::from([(STOP_AT_VAR, "4".to_string())]);
+    train_2_ranks(TEST, dir.path(), &split, stop, 4);
+    let resume = |_| HashMap::from([(RESUME_VAR, "auto".to_string())]);
+    train_2_ranks(TEST, dir.path(), &split, resume, 6);
+
+    let a = std::fs::read(newest_checkpoint(&straight_dir).join("model.safetensors")).expect("a");
+    let b = std::fs::read(newest_checkpoint(&split_dir).join("model.safetensors")).expect("b");
+    assert!(
+        a == b,
+        "the resumed 2-rank run's weights differ from the straight run's"
+    );
+    let ma = read_metrics(straight_dir.join("metrics.jsonl")).expect("metrics");
+    let mb = read_metrics(split_dir.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!((x.step, x.loss, x.grad_norm), (y.step, y.loss, y.grad_norm));
+    }
+
+    // The same checkpoint on 1 rank: the data positions of 2 ranks do not re-partition.
+    let one = recipe(&split, &["trainer.steps=8"]);
+    let err = Trainer::new(
+        one.clone(),
+        TrainOptions {
+            resume: Resume::Auto,
+            world_size: 1,
+            ..TrainOptions::default()
+        },
+    )
+    .err()
+    .expect("a 2-rank data state cannot resume on 1 rank");
+    let message = err.to_string();
+    assert!(
+        message.contains("written by 2 rank(s), resumed on 1") && message.contains("restart-data"),
+        "{message}"
+    );
+    // Asked explicitly, 1 rank continues model and optimizer (global batch 8 = 2 accumulation
+    // steps of 4) with the data stream started afresh.
+    let mut trainer = Trainer::new(
+        one,
+        TrainOptions {
+            resume: Resume::Auto,
+            world_size: 1,
+            restart_data: true,
+            ..TrainOptions::default()
+        },
+    )
+    .expect("restart the data stream");
+    assert_eq!(trainer.state().step, 6);
+    let summary = trainer.train().expect("continue on 1 rank");
+    assert_eq!((summary.start_step, summary.final_step), (6, 8));
+    assert!(summary.last_loss.is_some_and(f64::is_finite));
+}
+
+// --- (c) a rank that dies ---------------------------------------------------------------------
+
+/// SIGKILL one rank in the middle of training: the survivor must fail with a distributed error
+/// well within its timeout, and exit (dropping its process group) rather than hang. Rank 0 also
+/// hosts the rendezvous store, so losing it is a different failure for rank 1.
+fn kill_one_rank(test: &str, victim: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_dir = dir.path().join("killed");
+    let tree = recipe_tree(
+        &base(dir.path()),
+        &[
+            "data.workers=1",
+            "trainer.steps=100000",
+            "checkpoint.interval=0",
+            &format!("run.dir={}", run_dir.display()),
+        ],
+    );
+    let timeout = 10u64;
+    let mut ranks = spawn_ranks(test, dir.path(), &tree, 2, |_| {
+        HashMap::from([(TIMEOUT_VAR, timeout.to_string())])
+    });
+    // Wait until training is under way (rank 0 has logged two steps).
+    let start = Instant::now();
+    loop {
+        let steps = read_metrics(run_dir.join("metrics.jsonl")).map_or(0, |m| m.len());
+        if steps >= 2 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let logs = ranks.logs();
+            for child in &mut ranks.children {
+                let _ = child.kill();
+            }
+            panic!("training did not start:\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ranks.children[victim].kill().expect("kill a rank");
+    let killed_at = Instant::now();
+    let results = ranks.wait(Duration::from_secs(timeout + 30));
+    let elapsed = killed_at.elapsed();
+    let survivor = 1 - victim;
+    let r = &results[survivor];
+    assert_eq!(
+        r.code,
+        Some(3),
+        "rank {survivor} must fail:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("DDP_ERR rank {survivor}: distributed")),
+        "rank {survivor} names the failed collective:\n{}",
+        r.stdout
+    );
+    assert!(
+        elapsed < Duration::from_secs(timeout + 20),
+        "took {elapsed:?}"
+    );
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("DDP_ERR"))
+        .unwrap_or_default();
+    eprintln!("rank {victim} killed; after {elapsed:?}: {line}");
+}
+
+#[test]
+fn killed_rank_makes_the_other_fail_not_hang() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    kill_one_rank("killed_rank_makes_the_other_fail_not_hang", 1);
+}
+
+#[test]
+fn killed_rank_0_makes_the_other_fail_not_hang() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    kill_one_rank("killed_rank_0_makes_the_other_fail_not_hang", 0);
+}
+
+// --- (d) mismatched recipes ---------------------------------------------------------------------
+
+#[test]
+fn mismatched_recipes_fail_on_every_rank_naming_both_hashes() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = recipe_tree(
+        &base(dir.path()),
+        &[
+            "data.workers=1",
+            &format!("run.dir={}", dir.path().join("mismatch").display()),
+        ],
+    );
+    let extra = "optimizer.weight_decay=0.2";
+    let results = spawn_ranks(
+        "mismatched_recipes_fail_on_every_rank_naming_both_hashes",
+        dir.path(),
+        &tree,
+        2,
+        |rank| {
+            if rank == 1 {
+                HashMap::from([(EXTRA_VAR, extra.to_string())])
+            } else {
+                HashMap::new()
+            }
+        },
+    )
+    .wait(Duration::from_secs(90));
+    let ours = Recipe::from_value(tree.clone()).expect("recipe").hash();
+    let theirs = recipe(&tree, &[extra]).hash();
+    assert_ne!(ours, theirs);
+    for (rank, r) in results.iter().enumerate() {
+        assert_eq!(r.code, Some(3), "rank {rank}:\n{}\n{}", r.stdout, r.stderr);
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("DDP_ERR"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("recipe mismatch") && line.contains(&ours) && line.contains(&theirs),
+            "rank {rank}: {line}"
+        );
+        eprintln!("{line}");
+    }
+    assert!(
+        !dir.path()
+            .join("mismatch/checkpoints")
+            .join("step-00000001")
+            .exists(),
+        "nothing trained"
+    );
+}
