@@ -201,6 +201,24 @@ fn killed_run_resumes_to_bit_identical_weights_and_losses() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("[24, 16]"));
     assert!(avg.is_file());
 
+    let hf = dir.path().join("hf");
+    let checkpoint = newest_model(&dir.path().join("runs/straight"));
+    let out = Command::new(corenet_bin())
+        .args(["model", "export", "--vocab-size", "500", "--checkpoint"])
+        .arg(checkpoint.parent().expect("checkpoint dir"))
+        .arg("--out")
+        .arg(&hf)
+        .output()
+        .expect("run export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["config.json", "model.safetensors", "generation_config.json"] {
+        assert!(hf.join(file).is_file(), "{file}");
+    }
+
     let ma = metrics(&dir.path().join("runs/straight/metrics.jsonl"));
     let mb = metrics(&dir.path().join("runs/killed/metrics.jsonl"));
     assert_eq!(ma.len(), 24);

@@ -13,6 +13,23 @@ use crate::number::{si, thousands};
 pub enum ModelCommand {
     /// Per-layer heads, FFN widths and parameters, the total, and FLOPs per token.
     Summary(SummaryArgs),
+    /// Write a checkpoint as a Hugging Face OpenELM folder (config.json, model.safetensors,
+    /// generation_config.json).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A checkpoint directory (step-XXXXXXXX, holding model.safetensors and model_config.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep only the first N embedding rows (e.g. 32000: the LLaMA tokenizer's ids, as Apple's
+    /// HF release; CoreNet trains with 32128).
+    #[arg(long)]
+    vocab_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -37,7 +54,28 @@ pub struct SummaryArgs {
 pub fn run(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::Summary(args) => summary(&args),
+        ModelCommand::Export(args) => export(&args),
     }
+}
+
+fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    let config_path = args
+        .checkpoint
+        .join(corenet_train::train_state::MODEL_CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let config: OpenElmConfig = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", config_path.display()))?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = corenet_model::OpenElm::new(&vs.root(), &config)?;
+    model.load_safetensors(&args.checkpoint.join(corenet_train::train_state::MODEL_FILE))?;
+    corenet_model::hf::export_hf(&model, &args.out, args.vocab_size)?;
+    println!(
+        "exported {} to {}",
+        args.checkpoint.display(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn load_config(args: &SummaryArgs) -> anyhow::Result<(String, OpenElmConfig)> {

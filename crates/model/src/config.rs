@@ -146,11 +146,13 @@ impl OpenElmConfig {
 
     fn validate_multiplier(&self, field: &str, multiplier: &Multiplier) -> Result<()> {
         let values = multiplier.values();
-        if values.is_empty() || values.len() > 2 {
+        let per_layer = values.len() == self.num_transformer_layers;
+        if values.is_empty() || (values.len() > 2 && !per_layer) {
             return Err(Error::config(
                 field,
                 format!(
-                    "expected a number or a [min, max] pair, got a list of {}",
+                    "expected a number, a [min, max] pair or one value per layer ({}), got a list of {}",
+                    self.num_transformer_layers,
                     values.len()
                 ),
             ));

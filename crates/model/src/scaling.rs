@@ -63,8 +63,9 @@ pub fn round2(x: f64) -> f64 {
     magnitude.copysign(x)
 }
 
-/// Per-layer multipliers from a scalar (every layer the same, unrounded) or a `[min, max]` range
-/// (linspace over the layers, each rounded to 2 decimals).
+/// Per-layer multipliers from a scalar (every layer the same, unrounded), a `[min, max]` range
+/// (linspace over the layers, each rounded to 2 decimals), or — as HF's config.json stores
+/// `ffn_multipliers` — an explicit list with one value per layer.
 pub fn per_layer(multipliers: &[f64], num_layers: usize) -> Vec<f64> {
     match multipliers {
         [value] => vec![*value; num_layers],
@@ -72,6 +73,7 @@ pub fn per_layer(multipliers: &[f64], num_layers: usize) -> Vec<f64> {
             .into_iter()
             .map(round2)
             .collect(),
+        list if list.len() == num_layers => list.to_vec(),
         _ => Vec::new(),
     }
 }

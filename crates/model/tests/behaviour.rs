@@ -214,7 +214,10 @@ fn bf16_forward_and_backward_run_and_stay_close_to_f32() {
     // bf16 keeps ~3 significant digits; over 3 layers the logits stay within a few percent.
     let scale = f32_logits.abs().max().double_value(&[]);
     let drift = max_abs_diff(&f32_logits, &logits.to_kind(Kind::Float)) / scale;
-    assert!(drift < 0.05, "bf16 logits drift {drift} relative to their scale {scale}");
+    assert!(
+        drift < 0.05,
+        "bf16 logits drift {drift} relative to their scale {scale}"
+    );
 }
 
 #[test]

@@ -14,6 +14,8 @@ use crate::optim::AdamW;
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
+/// The model's config (CoreNet field names), so a checkpoint can be exported or loaded alone.
+pub const MODEL_CONFIG_FILE: &str = "model_config.json";
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,12 +51,16 @@ pub fn write_checkpoint(
 ) -> Result<()> {
     model.save_safetensors(&dir.join(MODEL_FILE))?;
     corenet_model::save_tensors(&optim.state_tensors(), &dir.join(OPTIMIZER_FILE))?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Json {
-        path: dir.join(STATE_FILE),
+    write_json(&dir.join(MODEL_CONFIG_FILE), model.config())?;
+    write_json(&dir.join(STATE_FILE), state)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
         source: e,
     })?;
-    std::fs::write(dir.join(STATE_FILE), json)
-        .map_err(|e| Error::io("write", dir.join(STATE_FILE), e))
+    std::fs::write(path, json).map_err(|e| Error::io("write", path, e))
 }
 
 /// Restores model and optimizer from `dir` and returns its state.
