@@ -219,6 +219,27 @@ fn killed_run_resumes_to_bit_identical_weights_and_losses() {
         assert!(hf.join(file).is_file(), "{file}");
     }
 
+    let out = Command::new(corenet_bin())
+        .current_dir(dir.path())
+        .args([
+            "generate",
+            "--tokenizer",
+            "data/sample/tokenizer.json",
+            "--prompt",
+            "The king",
+            "--max-new-tokens",
+            "8",
+        ])
+        .arg(checkpoint.parent().expect("checkpoint dir"))
+        .output()
+        .expect("run generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("The king"));
+
     let ma = metrics(&dir.path().join("runs/straight/metrics.jsonl"));
     let mb = metrics(&dir.path().join("runs/killed/metrics.jsonl"));
     assert_eq!(ma.len(), 24);

@@ -3,6 +3,7 @@
 
 mod checkpoint_cmd;
 mod data_cmd;
+mod generate_cmd;
 mod launch_cmd;
 mod model_cmd;
 mod number;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Continue a prompt with a checkpoint (greedy or sampled, per-layer KV cache).
+    Generate(generate_cmd::GenerateArgs),
     /// Train from a recipe (YAML); resumable with --resume auto.
     Train(train_cmd::TrainArgs),
     /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        Command::Generate(args) => generate_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
         Command::Checkpoint { command } => checkpoint_cmd::run(command),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod ffn;
 pub mod flops;
+pub mod generate;
 pub mod hf;
 pub mod init;
 pub mod kv_cache;
