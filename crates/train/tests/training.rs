@@ -23,6 +23,15 @@ fn recipe(value: &Value, sets: &[&str]) -> Recipe {
     Recipe::from_value(tree).expect("recipe")
 }
 
+/// `base` with `sets` applied and its own run directory `dir/name`.
+fn in_dir(base: &Value, dir: &Path, name: &str, sets: &[&str]) -> Recipe {
+    let run_dir = format!("run.dir={}", dir.join(name).display());
+    let all: Vec<&str> = std::iter::once(run_dir.as_str())
+        .chain(sets.iter().copied())
+        .collect();
+    recipe(base, &all)
+}
+
 fn run(
     recipe: &Recipe,
     resume: Resume,
@@ -74,20 +83,11 @@ fn assert_same_metrics_after(a: &Path, b: &Path, from: u64) {
 fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::setup(dir.path());
-    let straight = recipe(
-        &base,
-        &[&format!(
-            "run.dir={}",
-            dir.path().join("straight").display()
-        )],
-    );
+    let straight = in_dir(&base, dir.path(), "straight", &[]);
     let (a, summary) = run(&straight, Resume::Fresh, None);
     assert_eq!(summary.final_step, 12);
 
-    let split = recipe(
-        &base,
-        &[&format!("run.dir={}", dir.path().join("split").display())],
-    );
+    let split = in_dir(&base, dir.path(), "split", &[]);
     let (_, first) = run(&split, Resume::Fresh, Some(6));
     assert_eq!(first.final_step, 6);
     let (b, second) = run(&split, Resume::Auto, None);
@@ -100,19 +100,10 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
 fn crash_between_checkpoints_replays_from_the_last_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::setup(dir.path());
-    let straight = recipe(
-        &base,
-        &[&format!(
-            "run.dir={}",
-            dir.path().join("straight").display()
-        )],
-    );
+    let straight = in_dir(&base, dir.path(), "straight", &[]);
     let (a, _) = run(&straight, Resume::Fresh, None);
 
-    let crashed = recipe(
-        &base,
-        &[&format!("run.dir={}", dir.path().join("crashed").display())],
-    );
+    let crashed = in_dir(&base, dir.path(), "crashed", &[]);
     run(&crashed, Resume::Fresh, Some(6));
     // As after kill -9 at step 6: the exit checkpoint never happened, metrics ran ahead.
     std::fs::remove_dir_all(crashed.checkpoint_dir().join("step-00000006")).expect("remove");
@@ -126,19 +117,10 @@ fn crash_between_checkpoints_replays_from_the_last_one() {
 fn corrupted_newest_checkpoint_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::setup(dir.path());
-    let straight = recipe(
-        &base,
-        &[&format!(
-            "run.dir={}",
-            dir.path().join("straight").display()
-        )],
-    );
+    let straight = in_dir(&base, dir.path(), "straight", &[]);
     let (a, _) = run(&straight, Resume::Fresh, None);
 
-    let r = recipe(
-        &base,
-        &[&format!("run.dir={}", dir.path().join("corrupt").display())],
-    );
+    let r = in_dir(&base, dir.path(), "corrupt", &[]);
     run(&r, Resume::Fresh, Some(8));
     let model = r.checkpoint_dir().join("step-00000008/model.safetensors");
     let mut bytes = std::fs::read(&model).expect("read");
@@ -157,13 +139,7 @@ fn corrupted_newest_checkpoint_falls_back_to_the_previous_one() {
 fn non_finite_steps_are_skipped_and_counted_then_stop_the_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::setup(dir.path());
-    let r = recipe(
-        &base,
-        &[
-            &format!("run.dir={}", dir.path().join("nan").display()),
-            "trainer.max_bad_steps=3",
-        ],
-    );
+    let r = in_dir(&base, dir.path(), "nan", &["trainer.max_bad_steps=3"]);
     let options = TrainOptions {
         inject_nan_steps: BTreeSet::from([2]),
         world_size: 1,
@@ -174,13 +150,7 @@ fn non_finite_steps_are_skipped_and_counted_then_stop_the_run() {
     assert_eq!((summary.final_step, summary.skipped_steps), (12, 1));
     assert_eq!(trainer.state().optimizer_steps, 11);
 
-    let r = recipe(
-        &base,
-        &[
-            &format!("run.dir={}", dir.path().join("nan2").display()),
-            "trainer.max_bad_steps=3",
-        ],
-    );
+    let r = in_dir(&base, dir.path(), "nan2", &["trainer.max_bad_steps=3"]);
     let options = TrainOptions {
         inject_nan_steps: (5..12).collect(),
         world_size: 1,
@@ -204,10 +174,7 @@ fn non_finite_steps_are_skipped_and_counted_then_stop_the_run() {
 fn logs_metrics_tensorboard_and_the_resolved_recipe() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::setup(dir.path());
-    let r = recipe(
-        &base,
-        &[&format!("run.dir={}", dir.path().join("logs").display())],
-    );
+    let r = in_dir(&base, dir.path(), "logs", &[]);
     let (_, summary) = run(&r, Resume::Fresh, None);
     let metrics = read_metrics(r.run.dir.join("metrics.jsonl")).expect("metrics");
     assert_eq!(metrics.len(), 12);
