@@ -69,6 +69,13 @@ pub struct TrainerConfig {
     /// Data-parallel runs all-reduce gradients in coalesced buckets of about this many MiB
     /// (PyTorch DDP's `bucket_cap_mb`); one collective per bucket.
     pub bucket_mb: f64,
+    /// ZeRO-1: partition the f32 master weights and AdamW moments across data-parallel ranks
+    /// (gradients reduce-scattered, each rank updates its shard, parameters all-gathered).
+    /// Ignored by a single process.
+    pub sharded_optimizer: bool,
+    /// Start each bucket's gradient all-reduce as soon as backward has produced it (the
+    /// blocks are back-propagated one at a time, newest first) instead of after backward.
+    pub overlap_grad_reduce: bool,
 }
 
 impl Default for TrainerConfig {
@@ -85,6 +92,8 @@ impl Default for TrainerConfig {
             threads: None,
             device: DeviceChoice::Auto,
             bucket_mb: 25.0,
+            sharded_optimizer: false,
+            overlap_grad_reduce: true,
         }
     }
 }
