@@ -116,6 +116,78 @@ impl StreamState {
         total
     }
 
+    /// Re-partitions the positions of an N-rank run (`states`, one per rank in rank order) for
+    /// `rank` of `world` ranks with `workers` workers each.
+    ///
+    /// Each worker reads a fixed share of every source, the one of scaled rank
+    /// `rank × workers + worker` of `world_size × workers`, so a position carries over exactly
+    /// when the number of shares stays the same (N × W = M × W': 2 ranks of 1 worker become 1
+    /// rank of 2 workers) and every share has produced the same number of batches (true at a
+    /// step boundary when each rank's micro-batches per step are a multiple of its workers).
+    pub fn repartition(
+        states: &[StreamState],
+        rank: usize,
+        world: usize,
+        workers: usize,
+    ) -> Result<StreamState> {
+        let first = states
+            .first()
+            .ok_or_else(|| Error::StateMismatch("no saved positions to re-partition".into()))?;
+        let (old_world, old_workers) = (states.len(), first.workers.len());
+        let mismatch = |reason: String| Err(Error::StateMismatch(reason));
+        for (i, s) in states.iter().enumerate() {
+            if (s.rank, s.world_size, s.workers.len()) != (i, old_world, old_workers)
+                || s.seed != first.seed
+                || s.source_names != first.source_names
+            {
+                return mismatch(format!(
+                    "saved position {i} is rank {}/{} with {} workers, inconsistent with the others",
+                    s.rank,
+                    s.world_size,
+                    s.workers.len()
+                ));
+            }
+        }
+        let shares = old_world * old_workers;
+        if world * workers != shares || rank >= world {
+            let hint = if shares % world == 0 {
+                format!("set data.workers={} to keep them", shares / world)
+            } else {
+                format!("{world} rank(s) cannot hold them evenly")
+            };
+            return mismatch(format!(
+                "the data was read as {shares} shares ({old_world} rank(s) × {old_workers} workers) and {world} rank(s) × {workers} workers make {}: {hint}",
+                world * workers
+            ));
+        }
+        let batches = first.workers[0].batches;
+        if states
+            .iter()
+            .any(|s| s.next_worker != 0 || s.workers.iter().any(|w| w.batches != batches))
+        {
+            return mismatch(
+                "the shares stopped at different batch counts (micro-batches per step not a multiple of the workers), so no re-partition reproduces the batch order".into(),
+            );
+        }
+        let workers = (0..workers)
+            .map(|w| {
+                let scaled = rank * workers + w;
+                let mut state = states[scaled / old_workers].workers[scaled % old_workers].clone();
+                state.worker = w;
+                state
+            })
+            .collect();
+        Ok(StreamState {
+            version: first.version,
+            rank,
+            world_size: world,
+            seed: first.seed,
+            source_names: first.source_names.clone(),
+            next_worker: 0,
+            workers,
+        })
+    }
+
     /// JSON form, for checkpoints.
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self)

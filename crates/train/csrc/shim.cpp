@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -172,6 +173,59 @@ char* shim_all_reduce(void* h, const void* t, int op) {
   });
 }
 
+}  // extern "C"
+
+namespace {
+
+// A bucket whose all-reduce is in flight: the flat buffer being reduced, the caller's tensors
+// it is copied back into, and the c10d work to wait for.
+struct PendingBucket {
+  c10::intrusive_ptr<c10d::Work> work;
+  at::Tensor flat;
+  std::vector<at::Tensor> targets;
+  std::vector<int64_t> sizes;
+  int op;
+  int world;
+};
+
+// Flattens the bucket (one dtype and device) and starts its all-reduce.
+PendingBucket* start_bucket(Dist& d, const void* const* ts, size_t n, int op) {
+  std::vector<at::Tensor> v = tensors(ts, n);
+  std::vector<at::Tensor> flat_parts;
+  std::vector<int64_t> sizes;
+  flat_parts.reserve(n);
+  sizes.reserve(n);
+  for (const auto& x : v) {
+    if (x.scalar_type() != v[0].scalar_type() || x.device() != v[0].device()) {
+      throw std::invalid_argument("all_reduce_coalesced: tensors must share one dtype and device");
+    }
+    flat_parts.push_back(x.reshape({-1}));
+    sizes.push_back(x.numel());
+  }
+  at::Tensor flat = at::cat(flat_parts);
+  std::vector<at::Tensor> buf{flat};
+  auto work = d.pg->allreduce(buf, c10d::AllreduceOptions());
+  return new PendingBucket{work, flat, std::move(v), std::move(sizes), op, d.world};
+}
+
+// Waits for the bucket's all-reduce and copies the result back into the caller's tensors.
+void finish_bucket(PendingBucket& b) {
+  b.work->wait();
+  if (b.op == 1) {
+    b.flat.div_(static_cast<double>(b.world));
+  } else if (b.op != 0) {
+    throw std::invalid_argument("unknown reduce op code " + std::to_string(b.op));
+  }
+  auto pieces = b.flat.split_with_sizes(b.sizes);
+  for (size_t i = 0; i < b.targets.size(); ++i) {
+    b.targets[i].copy_(pieces[i].view(b.targets[i].sizes()));
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
 // One collective over a bucket: the tensors (same dtype and device) are flattened into one
 // buffer, reduced, and copied back.
 char* shim_all_reduce_coalesced(void* h, const void* const* ts, size_t n, int op) {
@@ -180,27 +234,31 @@ char* shim_all_reduce_coalesced(void* h, const void* const* ts, size_t n, int op
     if (n == 0) {
       return;
     }
-    std::vector<at::Tensor> v = tensors(ts, n);
-    std::vector<at::Tensor> flat_parts;
-    std::vector<int64_t> sizes;
-    flat_parts.reserve(n);
-    sizes.reserve(n);
-    for (const auto& x : v) {
-      if (x.scalar_type() != v[0].scalar_type() || x.device() != v[0].device()) {
-        throw std::invalid_argument(
-            "all_reduce_coalesced: tensors must share one dtype and device");
-      }
-      flat_parts.push_back(x.reshape({-1}));
-      sizes.push_back(x.numel());
+    std::unique_ptr<PendingBucket> b(start_bucket(d, ts, n, op));
+    finish_bucket(*b);
+  });
+}
+
+// Starts a bucket's all-reduce and returns at once (`*out` receives the pending bucket);
+// `shim_all_reduce_finish` completes it. The caller's tensors must not change until then.
+char* shim_all_reduce_start(void* h, const void* const* ts, size_t n, int op, void** out) {
+  return guarded([&] {
+    *out = nullptr;
+    if (n == 0) {
+      throw std::invalid_argument("all_reduce_start: empty bucket");
     }
-    at::Tensor flat = at::cat(flat_parts);
-    std::vector<at::Tensor> buf{flat};
-    wait(d.pg->allreduce(buf, c10d::AllreduceOptions()));
-    finish_reduce(d, flat, op);
-    auto pieces = flat.split_with_sizes(sizes);
-    for (size_t i = 0; i < n; ++i) {
-      v[i].copy_(pieces[i].view(v[i].sizes()));
+    *out = start_bucket(dist(h), ts, n, op);
+  });
+}
+
+// Waits for a started bucket, writes the reduced values back and releases it (also on error).
+char* shim_all_reduce_finish(void* pending) {
+  std::unique_ptr<PendingBucket> b(static_cast<PendingBucket*>(pending));
+  return guarded([&] {
+    if (!b) {
+      throw std::invalid_argument("all_reduce_finish: null bucket");
     }
+    finish_bucket(*b);
   });
 }
 

@@ -3,8 +3,10 @@
 //!
 //! * the recipe hash is compared across ranks through the store at start;
 //! * parameters are broadcast from rank 0 so every replica starts from the same weights;
-//! * gradients are averaged in coalesced buckets of about `trainer.bucket_mb` MiB (one
-//!   collective per bucket, after the accumulation loop — not yet overlapped with backward);
+//! * gradients are averaged in coalesced buckets of about `trainer.bucket_mb` MiB, one
+//!   collective per bucket: either after backward ([`DataParallel::all_reduce_gradients`]) or
+//!   overlapped with it ([`OverlapReducer`]: a bucket's all-reduce starts as soon as backward
+//!   has finished its gradients, while the earlier blocks are still being differentiated);
 //! * small byte strings (rank 0's resume decision, every rank's data-stream state, rank 0's
 //!   save result) travel through the rendezvous store under per-exchange keys.
 //!
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::dist::{Backend, DistEnv, ProcessGroup, ReduceOp};
+use crate::dist::{Backend, DistEnv, PendingReduce, ProcessGroup, ReduceOp};
 use crate::error::{Error, Result};
 
 /// A data-parallel group: the process group plus the bucketing plan's size cap.
@@ -128,6 +130,16 @@ impl DataParallel {
         Ok(buckets.len())
     }
 
+    /// A reducer for gradients handed over in the order backward finishes them.
+    pub fn overlap_reducer(&self) -> OverlapReducer<'_> {
+        OverlapReducer {
+            dp: self,
+            bucket: Vec::new(),
+            bytes: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
     /// Sums `t` over ranks in place.
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
         self.pg.all_reduce_sum(t)
@@ -185,6 +197,59 @@ impl DataParallel {
 
     pub fn barrier(&self) -> Result<()> {
         self.pg.barrier()
+    }
+}
+
+/// Averages gradients over ranks while backward runs: tensors are appended to the open bucket
+/// as their stage finishes, and the bucket's all-reduce starts once it holds `bucket_mb` MiB
+/// (or the next tensor has another dtype or device). Every rank hands over the same tensors in
+/// the same order, so the buckets match across ranks.
+pub struct OverlapReducer<'a> {
+    dp: &'a DataParallel,
+    bucket: Vec<Tensor>,
+    bytes: usize,
+    in_flight: Vec<PendingReduce>,
+}
+
+impl OverlapReducer<'_> {
+    /// Hands over gradients that backward will not touch again this step.
+    pub fn ready(&mut self, grads: &[Tensor]) -> Result<()> {
+        for g in grads.iter().filter(|g| g.defined()) {
+            let fits = self
+                .bucket
+                .first()
+                .is_none_or(|b| b.kind() == g.kind() && b.device() == g.device());
+            if !fits {
+                self.launch()?;
+            }
+            self.bytes += g.numel() * g.kind().elt_size_in_bytes();
+            self.bucket.push(g.shallow_clone());
+            if self.bytes >= self.dp.bucket_bytes {
+                self.launch()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        if self.bucket.is_empty() {
+            return Ok(());
+        }
+        let bucket = std::mem::take(&mut self.bucket);
+        self.bytes = 0;
+        let pending = self.dp.pg.all_reduce_start(&bucket, ReduceOp::Avg)?;
+        self.in_flight.push(pending);
+        Ok(())
+    }
+
+    /// Starts the last bucket and waits for all of them; returns the number of buckets.
+    pub fn finish(mut self) -> Result<usize> {
+        self.launch()?;
+        let count = self.in_flight.len();
+        for pending in self.in_flight.drain(..) {
+            pending.finish()?;
+        }
+        Ok(count)
     }
 }
 

@@ -219,6 +219,36 @@ fn parse_port(value: Option<String>) -> Result<Option<u16>> {
         .transpose()
 }
 
+/// A bucket all-reduce in flight ([`ProcessGroup::all_reduce_start`]).
+#[derive(Debug)]
+pub struct PendingReduce {
+    pending: *mut std::ffi::c_void,
+    who: String,
+}
+
+impl PendingReduce {
+    /// Waits for the collective and writes the reduced values into the bucket's tensors.
+    pub fn finish(mut self) -> Result<()> {
+        let pending = std::mem::replace(&mut self.pending, std::ptr::null_mut());
+        // SAFETY: `pending` came from `shim_all_reduce_start` and is finished exactly once.
+        let err = unsafe { shim::shim_all_reduce_finish(pending) };
+        shim::check(err).map_err(|message| Error::Dist {
+            op: "all_reduce (overlapped bucket)".into(),
+            message: format!("{}: {message}", self.who),
+        })
+    }
+}
+
+impl Drop for PendingReduce {
+    fn drop(&mut self) {
+        if !self.pending.is_null() {
+            // SAFETY: as in `finish`; an error here has no one left to report to.
+            let err = unsafe { shim::shim_all_reduce_finish(self.pending) };
+            let _ = shim::check(err);
+        }
+    }
+}
+
 /// A c10d process group: a TCPStore rendezvous at `MASTER_ADDR:MASTER_PORT` (hosted by rank 0)
 /// and a Gloo or NCCL backend. Collectives block until done and fail with [`Error::Dist`] on a
 /// timeout or a lost peer. Dropping it destroys the group.
@@ -347,6 +377,30 @@ impl ProcessGroup {
             shim::shim_all_reduce_coalesced(self.handle, ptrs.as_ptr(), ptrs.len(), op.code())
         };
         self.check("all_reduce_coalesced", err)
+    }
+
+    /// Starts reducing a bucket like [`ProcessGroup::all_reduce_coalesced`] and returns at once;
+    /// the tensors get the result when the returned [`PendingReduce`] is finished (or dropped).
+    /// They must not be changed meanwhile.
+    pub fn all_reduce_start(&self, ts: &[Tensor], op: ReduceOp) -> Result<PendingReduce> {
+        let ptrs = shim::tensor_ptrs(ts);
+        let mut pending = std::ptr::null_mut();
+        // SAFETY: `ptrs` holds `ts.len()` live tensor pointers; the shim keeps its own handles
+        // to them (shared storage) until the bucket is finished.
+        let err = unsafe {
+            shim::shim_all_reduce_start(
+                self.handle,
+                ptrs.as_ptr(),
+                ptrs.len(),
+                op.code(),
+                &mut pending,
+            )
+        };
+        self.check("all_reduce_start", err)?;
+        Ok(PendingReduce {
+            pending,
+            who: format!("rank {}/{}", self.env.rank, self.env.world_size),
+        })
     }
 
     /// Reduces `input` (world_size × shard elements) over all ranks and writes this rank's

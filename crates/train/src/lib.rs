@@ -16,8 +16,10 @@ pub mod tensorboard;
 pub use error::{Error, Result};
 pub mod loss;
 pub mod optim;
+pub mod optimizer;
 pub mod recipe;
 pub mod recompute;
+pub mod sharded_adamw;
 pub mod train_state;
 pub mod trainer;
 

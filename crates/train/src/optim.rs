@@ -140,6 +140,15 @@ impl AdamW {
         self.step
     }
 
+    /// The defined gradients, in parameter order (what a data-parallel run reduces).
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.param.grad())
+            .filter(Tensor::defined)
+            .collect()
+    }
+
     /// Global L2 norm of all gradients, in f32, on the device (no host sync).
     pub fn grad_norm(&self) -> Tensor {
         let squares: Vec<Tensor> = self
@@ -185,11 +194,22 @@ impl AdamW {
     /// One AdamW update at learning rate `lr` (PyTorch's AdamW arithmetic).
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
-        if self.config.fused {
-            self.step_fused(lr)?;
-        } else {
-            self.step_plain(lr);
-        }
+        let slots: Vec<Slot> = self
+            .params
+            .iter()
+            .filter_map(|p| {
+                let grad = p.param.grad();
+                grad.defined().then(|| Slot {
+                    weights: p.weights().shallow_clone(),
+                    grad: grad.to_kind(Kind::Float),
+                    exp_avg: p.exp_avg.shallow_clone(),
+                    exp_avg_sq: p.exp_avg_sq.shallow_clone(),
+                    step: p.step.shallow_clone(),
+                    decay: p.decay,
+                })
+            })
+            .collect();
+        update(&self.config, lr, self.step, &slots)?;
         tch::no_grad(|| {
             for p in &mut self.params {
                 if let Some(master) = &p.master {
@@ -198,66 +218,6 @@ impl AdamW {
             }
         });
         Ok(())
-    }
-
-    /// `_fused_adamw_` once per weight-decay group.
-    fn step_fused(&mut self, lr: f64) -> Result<()> {
-        let c = &self.config;
-        for decay in [true, false] {
-            let group: Vec<&ParamState> = self
-                .params
-                .iter()
-                .filter(|p| p.decay == decay && p.param.grad().defined())
-                .collect();
-            if group.is_empty() {
-                continue;
-            }
-            let list =
-                |f: &dyn Fn(&ParamState) -> Tensor| group.iter().map(|p| f(p)).collect::<Vec<_>>();
-            let params = list(&|p| p.weights().shallow_clone());
-            let grads = list(&|p| p.param.grad().to_kind(Kind::Float));
-            let exp_avgs = list(&|p| p.exp_avg.shallow_clone());
-            let exp_avg_sqs = list(&|p| p.exp_avg_sq.shallow_clone());
-            let steps = list(&|p| p.step.shallow_clone());
-            let hp = FusedAdamW {
-                lr,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                weight_decay: if decay { c.weight_decay } else { 0.0 },
-            };
-            tch::no_grad(|| {
-                fused_adamw_step(&params, &grads, &exp_avgs, &exp_avg_sqs, &steps, &hp)
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The per-tensor path, written out (single-tensor `torch.optim.AdamW`).
-    fn step_plain(&mut self, lr: f64) {
-        let c = &self.config;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bc1;
-        tch::no_grad(|| {
-            for p in &mut self.params {
-                let g = p.param.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = p.step.g_add_scalar_(1.0);
-                let g = g.to_kind(Kind::Float);
-                let mut w = p.weights().shallow_clone();
-                if p.decay && c.weight_decay != 0.0 {
-                    let _ = w.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                }
-                let _ = p.exp_avg.lerp_(&g, 1.0 - c.beta1);
-                let _ = p.exp_avg_sq.g_mul_scalar_(c.beta2);
-                let _ = p.exp_avg_sq.addcmul_(&(&g * (1.0 - c.beta2)), &g);
-                let denom = p.exp_avg_sq.sqrt() / bc2_sqrt + c.eps;
-                let _ = w.g_sub_(&(&p.exp_avg / denom * step_size));
-            }
-        });
     }
 
     /// Moments and master weights with their names, for a checkpoint.
@@ -315,4 +275,84 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// One tensor's share of an AdamW update: f32 weights (the parameter or its master copy, or a
+/// slice of a sharded optimizer's flat buffers), its f32 gradient, moments and step counter.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub weights: Tensor,
+    pub grad: Tensor,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    pub step: Tensor,
+    pub decay: bool,
+}
+
+/// The AdamW arithmetic over `slots`, in place: `_fused_adamw_` once per weight-decay group, or
+/// the plain per-tensor path. `step` counts updates including this one.
+pub(crate) fn update(config: &OptimizerConfig, lr: f64, step: u64, slots: &[Slot]) -> Result<()> {
+    if config.fused {
+        update_fused(config, lr, slots)
+    } else {
+        update_plain(config, lr, step, slots);
+        Ok(())
+    }
+}
+
+fn update_fused(c: &OptimizerConfig, lr: f64, slots: &[Slot]) -> Result<()> {
+    for decay in [true, false] {
+        let group: Vec<&Slot> = slots.iter().filter(|s| s.decay == decay).collect();
+        if group.is_empty() {
+            continue;
+        }
+        let list = |f: &dyn Fn(&Slot) -> &Tensor| {
+            group
+                .iter()
+                .map(|s| f(s).shallow_clone())
+                .collect::<Vec<_>>()
+        };
+        let hp = FusedAdamW {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: if decay { c.weight_decay } else { 0.0 },
+        };
+        tch::no_grad(|| {
+            fused_adamw_step(
+                &list(&|s| &s.weights),
+                &list(&|s| &s.grad),
+                &list(&|s| &s.exp_avg),
+                &list(&|s| &s.exp_avg_sq),
+                &list(&|s| &s.step),
+                &hp,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The per-tensor path, written out (single-tensor `torch.optim.AdamW`).
+fn update_plain(c: &OptimizerConfig, lr: f64, step: u64, slots: &[Slot]) {
+    let bc1 = 1.0 - c.beta1.powi(step as i32);
+    let bc2_sqrt = (1.0 - c.beta2.powi(step as i32)).sqrt();
+    let step_size = lr / bc1;
+    tch::no_grad(|| {
+        for s in slots {
+            let _ = s.step.shallow_clone().g_add_scalar_(1.0);
+            let g = &s.grad;
+            let mut w = s.weights.shallow_clone();
+            if s.decay && c.weight_decay != 0.0 {
+                let _ = w.g_mul_scalar_(1.0 - lr * c.weight_decay);
+            }
+            let mut exp_avg = s.exp_avg.shallow_clone();
+            let mut exp_avg_sq = s.exp_avg_sq.shallow_clone();
+            let _ = exp_avg.lerp_(g, 1.0 - c.beta1);
+            let _ = exp_avg_sq.g_mul_scalar_(c.beta2);
+            let _ = exp_avg_sq.addcmul_(&(g * (1.0 - c.beta2)), g);
+            let denom = exp_avg_sq.sqrt() / bc2_sqrt + c.eps;
+            let _ = w.g_sub_(&(&exp_avg / denom * step_size));
+        }
+    });
 }

@@ -11,7 +11,31 @@ use tch::{Kind, Tensor};
 
 use corenet_model::OpenElm;
 
+use crate::error::Result;
 use crate::loss::{lm_loss, LossTerms};
+
+/// A point of a staged backward after which some parameters' gradients are final, newest
+/// first: the head (final norm, untied output layer), each block from the last, then the
+/// token embedding (last, since a tied head also feeds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Head,
+    Block(usize),
+    Embedding,
+}
+
+impl Stage {
+    /// The stage that finishes the gradient of parameter `name` (HF OpenELM names).
+    pub fn of(name: &str) -> Stage {
+        if name.starts_with("transformer.token_embeddings") {
+            return Stage::Embedding;
+        }
+        name.strip_prefix("transformer.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse().ok())
+            .map_or(Stage::Head, Stage::Block)
+    }
+}
 
 /// What one micro-batch's loss function needs.
 #[derive(Debug, Clone, Copy)]
@@ -61,10 +85,90 @@ pub fn forward_backward(
     Ok(detached(terms))
 }
 
+/// [`forward_backward`] that back-propagates one stage at a time, newest first, and calls
+/// `on_stage` as soon as a stage's parameter gradients are final — so a data-parallel run can
+/// start reducing them while the earlier blocks are still being differentiated. Without
+/// checkpointing every block keeps its graph (memory as in one backward); with it, blocks are
+/// recomputed as in [`forward_backward`]. The gradients equal one backward's.
+pub fn forward_backward_staged(
+    model: &OpenElm,
+    inputs: &Tensor,
+    targets: &Tensor,
+    spec: LossSpec,
+    checkpoint: bool,
+    on_stage: &mut dyn FnMut(Stage) -> Result<()>,
+) -> Result<LossTerms> {
+    let embedded = model.embed(inputs)?; // (B, T, C), graph to the embedding
+    let mut block_inputs = Vec::with_capacity(model.layers.len());
+    let mut block_outputs = Vec::with_capacity(model.layers.len());
+    let mut x = embedded.detach();
+    for layer in &model.layers {
+        // Each block starts from a detached leaf, so its graph ends there.
+        let input = if checkpoint {
+            x
+        } else {
+            x.set_requires_grad(true)
+        };
+        let y = if checkpoint {
+            tch::no_grad(|| layer.forward(&input, model.rope(), None))
+        } else {
+            layer.forward(&input, model.rope(), None)
+        };
+        x = y.detach();
+        block_inputs.push(input);
+        block_outputs.push(y);
+    }
+    let last = x.set_requires_grad(true);
+    let logits = model.head(&last); // (B, T, V)
+    let terms = lm_loss(&logits, targets, spec.ignore_index, spec.z_coef);
+    (&terms.total * spec.scale).backward();
+    on_stage(Stage::Head)?;
+    let mut grad = last.grad();
+    let blocks = model
+        .layers
+        .iter()
+        .zip(block_inputs.into_iter().zip(block_outputs));
+    for (i, (layer, (x, y))) in blocks.enumerate().rev() {
+        let (x, y) = if checkpoint {
+            let x = x.set_requires_grad(true);
+            let y = layer.forward(&x, model.rope(), None);
+            (x, y)
+        } else {
+            (x, y)
+        };
+        // d(sum(y * g))/dy = g: back-propagates exactly the incoming gradient.
+        (y * &grad).sum(Kind::Float).backward();
+        on_stage(Stage::Block(i))?;
+        grad = x.grad();
+    }
+    (embedded * &grad).sum(Kind::Float).backward();
+    on_stage(Stage::Embedding)?;
+    Ok(detached(terms))
+}
+
 fn detached(terms: LossTerms) -> LossTerms {
     LossTerms {
         total: terms.total.detach(),
         ce: terms.ce,
         z_loss: terms.z_loss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stage;
+
+    #[test]
+    fn parameters_map_to_the_stage_that_finishes_them() {
+        assert_eq!(
+            Stage::of("transformer.token_embeddings.weight"),
+            Stage::Embedding
+        );
+        assert_eq!(
+            Stage::of("transformer.layers.11.attn.qkv_proj.weight"),
+            Stage::Block(11)
+        );
+        assert_eq!(Stage::of("transformer.norm.weight"), Stage::Head);
+        assert_eq!(Stage::of("lm_head.weight"), Stage::Head);
     }
 }

@@ -28,6 +28,14 @@ extern "C" {
         n: usize,
         op: c_int,
     ) -> *mut c_char;
+    pub(crate) fn shim_all_reduce_start(
+        h: *mut c_void,
+        ts: *const *const C_tensor,
+        n: usize,
+        op: c_int,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub(crate) fn shim_all_reduce_finish(pending: *mut c_void) -> *mut c_char;
     pub(crate) fn shim_reduce_scatter(
         h: *mut c_void,
         input: *const C_tensor,

@@ -4,12 +4,13 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use corenet_data::StreamState;
 use corenet_model::OpenElm;
 
 use crate::error::{Error, Result};
-use crate::optim::AdamW;
+use crate::optimizer::Optimizer;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -46,11 +47,11 @@ pub struct TrainState {
 pub fn write_checkpoint(
     dir: &Path,
     model: &OpenElm,
-    optim: &AdamW,
+    optimizer_tensors: &[(String, Tensor)],
     state: &TrainState,
 ) -> Result<()> {
     model.save_safetensors(&dir.join(MODEL_FILE))?;
-    corenet_model::save_tensors(&optim.state_tensors(), &dir.join(OPTIMIZER_FILE))?;
+    corenet_model::save_tensors(optimizer_tensors, &dir.join(OPTIMIZER_FILE))?;
     write_json(&dir.join(MODEL_CONFIG_FILE), model.config())?;
     write_json(&dir.join(STATE_FILE), state)
 }
@@ -64,7 +65,7 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 /// Restores model and optimizer from `dir` and returns its state.
-pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut AdamW) -> Result<TrainState> {
+pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut Optimizer) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
     let state: TrainState = serde_json::from_slice(&text).map_err(|e| Error::Json {
@@ -81,7 +82,6 @@ pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut AdamW) -> Result
         });
     }
     model.load_safetensors(&dir.join(MODEL_FILE))?;
-    let tensors = corenet_model::load_tensors(&dir.join(OPTIMIZER_FILE))?;
-    optim.load_state(tensors.into_iter().collect(), state.optimizer_steps)?;
+    optim.load_file(&dir.join(OPTIMIZER_FILE), state.optimizer_steps)?;
     Ok(state)
 }

@@ -26,9 +26,9 @@ use crate::data_parallel::DataParallel;
 use crate::dist::DistEnv;
 use crate::error::{Error, Result};
 use crate::metrics::{mfu, peak_bf16_flops, MetricsRecord, MetricsSink, Throughput};
-use crate::optim::AdamW;
+use crate::optimizer::Optimizer;
 use crate::recipe::{DeviceChoice, Precision, Recipe};
-use crate::recompute::{forward_backward, LossSpec};
+use crate::recompute::{forward_backward, forward_backward_staged, LossSpec, Stage};
 use crate::schedule::Schedule;
 use crate::tensorboard::EventWriter;
 use crate::train_state::{read_checkpoint, write_checkpoint, TrainState, STATE_FORMAT_VERSION};
@@ -98,7 +98,7 @@ pub struct Trainer {
     device: Device,
     _vs: nn::VarStore,
     model: OpenElm,
-    optim: AdamW,
+    optim: Optimizer,
     schedule: Schedule,
     store: CheckpointStore,
     data: DataStream,
@@ -119,6 +119,8 @@ pub struct Trainer {
     last_saved: Option<u64>,
     /// A data-parallel run stops when any rank asked to (agreed through the loss all-reduce).
     stop_agreed: bool,
+    /// Every parameter with the backward stage that finishes its gradient.
+    stages: Vec<(Stage, Tensor)>,
 }
 
 fn pick_device(choice: DeviceChoice) -> Result<Device> {
@@ -168,7 +170,12 @@ impl Trainer {
             // the platform's RNG, before the optimizer copies f32 masters from them.
             dp.broadcast_parameters(&model.named_parameters())?;
         }
-        let mut optim = AdamW::new(model.named_parameters(), &recipe.optimizer)?;
+        let mut optim = Optimizer::new(
+            model.named_parameters(),
+            &recipe.optimizer,
+            recipe.trainer.sharded_optimizer,
+            dp.as_ref(),
+        )?;
         let schedule = Schedule::new(&recipe.schedule)?;
         let store = CheckpointStore::new(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)?;
         let resume_dir = match &dp {
@@ -226,6 +233,11 @@ impl Trainer {
         } else {
             (None, None)
         };
+        let stages = model
+            .named_parameters()
+            .into_iter()
+            .map(|(name, p)| (Stage::of(&name), p))
+            .collect();
         let flops_per_token = recipe.model.training_flops_per_token(recipe.data.seq_len)?;
         let peak_flops = match device {
             Device::Cuda(i) => peak_bf16_flops(&cuda_name(i)),
@@ -262,6 +274,7 @@ impl Trainer {
             dp,
             last_saved,
             stop_agreed: false,
+            stages,
         })
     }
 
@@ -322,16 +335,37 @@ impl Trainer {
             scale: 1.0 / self.accumulation as f64,
         };
         let mut sums = Tensor::zeros([3], (Kind::Float, self.device)); // total, ce, z
-        for _ in 0..self.accumulation {
+        let mut reduced = false;
+        for micro in 0..self.accumulation {
             let batch = self.next_batch()?;
             let (inputs, targets) = self.batch_tensors(&batch);
-            let terms = forward_backward(
-                &self.model,
-                &inputs,
-                &targets,
-                spec,
-                self.recipe.trainer.activation_checkpointing,
-            )?;
+            let checkpoint = self.recipe.trainer.activation_checkpointing;
+            let terms = match self.overlap_group() {
+                // The last micro-batch completes the gradients: reduce them as they finish.
+                Some(dp) if micro + 1 == self.accumulation => {
+                    let mut reducer = dp.overlap_reducer();
+                    let stages = &self.stages;
+                    let terms = forward_backward_staged(
+                        &self.model,
+                        &inputs,
+                        &targets,
+                        spec,
+                        checkpoint,
+                        &mut |stage| {
+                            let grads: Vec<Tensor> = stages
+                                .iter()
+                                .filter(|(s, _)| *s == stage)
+                                .map(|(_, p)| p.grad())
+                                .collect();
+                            reducer.ready(&grads)
+                        },
+                    )?;
+                    reducer.finish()?;
+                    reduced = true;
+                    terms
+                }
+                _ => forward_backward(&self.model, &inputs, &targets, spec, checkpoint)?,
+            };
             sums += Tensor::stack(&[terms.total, terms.ce, terms.z_loss], 0).to_kind(Kind::Float);
             self.state.data = batch.state;
         }
@@ -347,21 +381,14 @@ impl Trainer {
         );
         let mut micro_batches = self.accumulation;
         if let Some(dp) = &self.dp {
-            let grads: Vec<Tensor> = self
-                .model
-                .named_parameters()
-                .into_iter()
-                .map(|(_, p)| p.grad())
-                .filter(Tensor::defined)
-                .collect();
-            dp.all_reduce_gradients(&grads)?;
             dp.all_reduce_sum(&packed)?;
             micro_batches *= dp.world_size();
         }
-        let norm = match self.recipe.optimizer.grad_clip {
-            Some(max) => self.optim.clip_grad_norm(max),
-            None => self.optim.grad_norm(),
-        };
+        let norm = self.optim.reduce_and_clip(
+            self.dp.as_ref(),
+            reduced,
+            self.recipe.optimizer.grad_clip,
+        )?;
         // The one host sync of a step: the finiteness check needs the values anyway.
         let host = Vec::<f64>::try_from(
             Tensor::cat(
@@ -385,7 +412,7 @@ impl Trainer {
             self.stop_agreed = true;
         }
         if values.loss.is_finite() && values.grad_norm.is_finite() {
-            self.optim.step(lr)?;
+            self.optim.step(self.dp.as_ref(), lr)?;
             self.state.optimizer_steps += 1;
             self.state.consecutive_bad = 0;
         } else {
@@ -410,6 +437,17 @@ impl Trainer {
             });
         }
         Ok(values)
+    }
+
+    /// The process group when gradients are all-reduced during backward: a data-parallel run
+    /// with `trainer.overlap_grad_reduce` and the replicated optimizer (the sharded one
+    /// reduce-scatters after backward).
+    fn overlap_group(&self) -> Option<&DataParallel> {
+        let t = &self.recipe.trainer;
+        let replicated = matches!(self.optim, Optimizer::Replicated(_));
+        self.dp
+            .as_ref()
+            .filter(|_| t.overlap_grad_reduce && replicated)
     }
 
     fn next_batch(&mut self) -> Result<Batch> {
@@ -526,8 +564,10 @@ impl Trainer {
     /// data-stream positions through the store, writes the checkpoint alone, and all ranks wait
     /// for the outcome (rank 0's failure is an error on every rank).
     pub fn save(&mut self) -> Result<()> {
+        let optimizer = self.optim.checkpoint_tensors(self.dp.as_ref())?;
         let Some(dp) = &self.dp else {
-            self.write(&self.state)?;
+            let optimizer = optimizer.unwrap_or_default();
+            self.write(&self.state, &optimizer)?;
             self.last_saved = Some(self.state.step);
             return Ok(());
         };
@@ -549,7 +589,7 @@ impl Trainer {
             let mut state = self.state.clone();
             state.data = data_ranks[0].clone();
             state.data_ranks = data_ranks;
-            self.write(&state)
+            self.write(&state, optimizer.as_deref().unwrap_or_default())
         });
         let shared = dp.share_result(
             "save checkpoint",
@@ -565,14 +605,14 @@ impl Trainer {
         Ok(())
     }
 
-    fn write(&self, state: &TrainState) -> Result<()> {
+    fn write(&self, state: &TrainState, optimizer: &[(String, Tensor)]) -> Result<()> {
         let mut metadata = serde_json::Map::new();
         metadata.insert("recipe_hash".into(), state.recipe_hash.clone().into());
         if !state.data_ranks.is_empty() {
             metadata.insert("world_size".into(), state.data_ranks.len().into());
         }
         let saved = self.store.save(state.step, metadata, |dir| {
-            write_checkpoint(dir, &self.model, &self.optim, state)
+            write_checkpoint(dir, &self.model, optimizer, state)
         })?;
         tracing::info!(step = state.step, dir = %saved.dir.display(), "checkpoint saved");
         Ok(())
@@ -687,9 +727,9 @@ fn agree_resume(
 }
 
 /// This rank's data-stream position from a checkpoint, or `None` to start the stream afresh.
-/// A position belongs to one (rank, world size) layout: each rank reads a fixed share of every
-/// source (`scaled_rank = rank × workers + worker` of `world_size × workers`), so positions
-/// saved by N ranks cannot be re-partitioned over M.
+/// Positions saved by N ranks re-partition over M when the number of data shares stays the
+/// same (N × workers = M × workers'; [`StreamState::repartition`]); otherwise the run fails
+/// with the reason, unless `restart_data` asks to start the stream from the beginning.
 fn rank_data_state(
     state: &TrainState,
     dir: &Path,
@@ -698,27 +738,35 @@ fn rank_data_state(
     recipe: &Recipe,
     restart_data: bool,
 ) -> Result<Option<StreamState>> {
-    let saved_world = if state.data_ranks.is_empty() {
-        state.data.world_size
+    let saved = if state.data_ranks.is_empty() {
+        std::slice::from_ref(&state.data)
     } else {
-        state.data_ranks.len()
+        state.data_ranks.as_slice()
     };
-    if saved_world == world {
-        let own = if state.data_ranks.is_empty() {
-            state.data.clone()
-        } else {
-            state.data_ranks[rank].clone()
-        };
-        return Ok(Some(own));
+    if saved.len() == world {
+        return Ok(Some(saved[rank].clone()));
     }
+    let reason = match StreamState::repartition(saved, rank, world, recipe.data.workers) {
+        Ok(own) => {
+            tracing::info!(
+                saved_world = saved.len(),
+                world,
+                workers = recipe.data.workers,
+                "data-stream positions re-partitioned"
+            );
+            return Ok(Some(own));
+        }
+        Err(e) => e.to_string(),
+    };
     if restart_data {
-        tracing::warn!(saved_world, world, dir = %dir.display(), "the checkpoint's data-stream positions do not fit this world size; restarting the data stream from the beginning as asked");
+        tracing::warn!(saved_world = saved.len(), world, %reason, dir = %dir.display(), "the checkpoint's data-stream positions do not fit this layout; restarting the data stream from the beginning as asked");
         return Ok(None);
     }
     Err(Error::Checkpoint {
         dir: dir.to_path_buf(),
         reason: format!(
-            "written by {saved_world} rank(s), resumed on {world}: model and optimizer state carry over (the global batch of {} stays, accumulation adapts), but the data-stream positions cannot be re-partitioned, since each rank reads a share of every source fixed by its rank and the world size. Resume on {saved_world} rank(s), or restart the data stream from the beginning with --restart-data (TrainOptions::restart_data)",
+            "written by {} rank(s), resumed on {world}: model and optimizer state carry over (the global batch of {} stays, accumulation adapts), but the data-stream positions do not re-partition: {reason}. Resume with a layout that keeps the data shares, or restart the data stream from the beginning with --restart-data (TrainOptions::restart_data)",
+            saved.len(),
             recipe.trainer.global_batch
         ),
     })

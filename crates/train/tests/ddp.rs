@@ -312,20 +312,44 @@ fn two_ranks_match_one_process_with_accumulation() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    two_ranks_match_one_process("two_ranks_match_one_process_with_accumulation", &[]);
+}
+
+/// The same with ZeRO-1: each rank updates half of the flat parameter space and the halves
+/// are all-gathered; the checkpoint's optimizer state (gathered back into the per-parameter
+/// layout) matches the single process's too.
+#[test]
+fn two_sharded_ranks_match_one_process_with_accumulation() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    two_ranks_match_one_process(
+        "two_sharded_ranks_match_one_process_with_accumulation",
+        &["trainer.sharded_optimizer=true"],
+    );
+}
+
+/// The same without overlapping the all-reduce with backward (one pass after it).
+#[test]
+fn two_ranks_without_overlap_match_one_process() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    two_ranks_match_one_process(
+        "two_ranks_without_overlap_match_one_process",
+        &["trainer.overlap_grad_reduce=false"],
+    );
+}
+
+fn two_ranks_match_one_process(test: &str, sets: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = base(dir.path());
     let ddp_dir = dir.path().join("ddp");
-    let ddp = recipe_tree(
-        &base,
-        &["data.workers=1", &format!("run.dir={}", ddp_dir.display())],
-    );
-    train_2_ranks(
-        "two_ranks_match_one_process_with_accumulation",
-        dir.path(),
-        &ddp,
-        no_env,
-        6,
-    );
+    let run_dir = format!("run.dir={}", ddp_dir.display());
+    let mut ddp_sets = vec!["data.workers=1", run_dir.as_str()];
+    ddp_sets.extend_from_slice(sets);
+    let ddp = recipe_tree(&base, &ddp_sets);
+    train_2_ranks(test, dir.path(), &ddp, no_env, 6);
 
     let single_dir = dir.path().join("single");
     let single = recipe(
@@ -351,6 +375,12 @@ fn two_ranks_match_one_process_with_accumulation() {
     let diff = max_abs_diff(&a.join("model.safetensors"), &b.join("model.safetensors"));
     eprintln!("max weight difference: {diff}");
     assert!(diff <= 1e-5, "weights differ by {diff}");
+    let diff = max_abs_diff(
+        &a.join("optimizer.safetensors"),
+        &b.join("optimizer.safetensors"),
+    );
+    eprintln!("max optimizer-state difference: {diff}");
+    assert!(diff <= 1e-5, "optimizer states differ by {diff}");
 
     // The logged loss is the mean over all 8 rows of a step in both runs.
     let ma = read_metrics(ddp_dir.join("metrics.jsonl")).expect("ddp metrics");
@@ -386,22 +416,44 @@ fn two_rank_checkpoint_resumes_exactly() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
-    const TEST: &str = "two_rank_checkpoint_resumes_exactly";
+    two_rank_checkpoint_resumes("two_rank_checkpoint_resumes_exactly", &[]);
+}
+
+#[test]
+fn two_sharded_rank_checkpoint_resumes_exactly() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    two_rank_checkpoint_resumes(
+        "two_sharded_rank_checkpoint_resumes_exactly",
+        &["trainer.sharded_optimizer=true"],
+    );
+}
+
+/// Stop and resume on 2 ranks is bit-exact; the same checkpoint continues on 1 rank, with its
+/// data position when the data shares are kept (2 ranks × 1 worker → 1 rank × 2 workers) and
+/// matching the 2-rank run within f32 tolerance, or with the data restarted when asked.
+fn two_rank_checkpoint_resumes(test: &str, sets: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = recipe_tree(&base(dir.path()), &["data.workers=1"]);
+    let mut base_sets = vec!["data.workers=1"];
+    base_sets.extend_from_slice(sets);
+    let base = recipe_tree(&base(dir.path()), &base_sets);
     let straight_dir = dir.path().join("straight");
     let straight = recipe_tree(&base, &[&format!("run.dir={}", straight_dir.display())]);
-    train_2_ranks(TEST, dir.path(), &straight, no_env, 6);
+    train_2_ranks(test, dir.path(), &straight, no_env, 6);
 
     // Stop at step 4 (after the checkpoint at 3, so the stop writes one at 4), then resume.
     let split_dir = dir.path().join("split");
     let split = recipe_tree(&base, &[&format!("run.dir={}", split_dir.display())]);
     let stop = |_| HashMap::from([(STOP_AT_VAR, "4".to_string())]);
-    train_2_ranks(TEST, dir.path(), &split, stop, 4);
+    train_2_ranks(test, dir.path(), &split, stop, 4);
+    let at_4 = newest_checkpoint(&split_dir);
+    assert!(at_4.ends_with("step-00000004"));
     let resume = |_| HashMap::from([(RESUME_VAR, "auto".to_string())]);
-    train_2_ranks(TEST, dir.path(), &split, resume, 6);
+    train_2_ranks(test, dir.path(), &split, resume, 6);
 
-    let a = std::fs::read(newest_checkpoint(&straight_dir).join("model.safetensors")).expect("a");
+    let straight_end = newest_checkpoint(&straight_dir);
+    let a = std::fs::read(straight_end.join("model.safetensors")).expect("a");
     let b = std::fs::read(newest_checkpoint(&split_dir).join("model.safetensors")).expect("b");
     assert!(
         a == b,
@@ -414,38 +466,63 @@ fn two_rank_checkpoint_resumes_exactly() {
         assert_eq!((x.step, x.loss, x.grad_norm), (y.step, y.loss, y.grad_norm));
     }
 
-    // The same checkpoint on 1 rank: the data positions of 2 ranks do not re-partition.
-    let one = recipe(&split, &["trainer.steps=8"]);
-    let err = Trainer::new(
-        one.clone(),
-        TrainOptions {
-            resume: Resume::Auto,
-            world_size: 1,
-            ..TrainOptions::default()
-        },
-    )
-    .err()
-    .expect("a 2-rank data state cannot resume on 1 rank");
+    // The step-4 checkpoint on 1 rank with 1 worker: 2 data shares do not fit in 1.
+    let one_dir = dir.path().join("one");
+    let one_tree = recipe_tree(&split, &[&format!("run.dir={}", one_dir.display())]);
+    let one = Recipe::from_value(one_tree.clone()).expect("recipe");
+    let from_4 = TrainOptions {
+        resume: Resume::Path(at_4.clone()),
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let err = Trainer::new(one.clone(), from_4.clone())
+        .err()
+        .expect("2 data shares cannot resume on 1 rank × 1 worker");
     let message = err.to_string();
     assert!(
-        message.contains("written by 2 rank(s), resumed on 1") && message.contains("restart-data"),
+        message.contains("written by 2 rank(s), resumed on 1")
+            && message.contains("data.workers=2")
+            && message.contains("restart-data"),
         "{message}"
     );
-    // Asked explicitly, 1 rank continues model and optimizer (global batch 8 = 2 accumulation
-    // steps of 4) with the data stream started afresh.
+    // With 2 workers the shares carry over: 1 rank (global batch 8 = 2 accumulation steps of
+    // 4) reaches the straight 2-rank run's step-6 weights.
+    let one = recipe(&one_tree, &["data.workers=2"]);
+    let mut trainer = Trainer::new(one.clone(), from_4.clone()).expect("continue on 1 rank");
+    assert_eq!(trainer.state().step, 4);
+    let summary = trainer.train().expect("continue on 1 rank");
+    assert_eq!((summary.start_step, summary.final_step), (4, 6));
+    let diff = max_abs_diff(
+        &straight_end.join("model.safetensors"),
+        &newest_checkpoint(&one_dir).join("model.safetensors"),
+    );
+    eprintln!("2 ranks vs 2 → 1 rank: max weight difference {diff}");
+    assert!(diff <= 1e-5, "weights differ by {diff}");
+    let mo = read_metrics(one_dir.join("metrics.jsonl")).expect("metrics");
+    for (x, y) in ma[4..].iter().zip(&mo) {
+        assert_eq!(x.step, y.step);
+        assert!((x.loss - y.loss).abs() < 1e-5, "step {}", x.step);
+    }
+    // Asked explicitly, 1 rank × 1 worker continues model and optimizer with the data stream
+    // started afresh.
+    let restart_dir = dir.path().join("restart");
+    let restart = recipe(
+        &split,
+        &[
+            &format!("run.dir={}", restart_dir.display()),
+            "trainer.steps=8",
+        ],
+    );
     let mut trainer = Trainer::new(
-        one,
+        restart,
         TrainOptions {
-            resume: Resume::Auto,
-            world_size: 1,
             restart_data: true,
-            ..TrainOptions::default()
+            ..from_4
         },
     )
     .expect("restart the data stream");
-    assert_eq!(trainer.state().step, 6);
     let summary = trainer.train().expect("continue on 1 rank");
-    assert_eq!((summary.start_step, summary.final_step), (6, 8));
+    assert_eq!((summary.start_step, summary.final_step), (4, 8));
     assert!(summary.last_loss.is_some_and(f64::is_finite));
 }
 

@@ -66,3 +66,70 @@ fn state_for_another_layout_is_rejected() {
     assert!(DataStream::with_tokenizer(&other, tokenizer(), 0, 2, Some(state.clone())).is_err());
     assert!(DataStream::with_tokenizer(&cfg, tokenizer(), 1, 2, Some(state)).is_err());
 }
+
+fn open(cfg: &DataConfig, rank: usize, world: usize, resume: Option<StreamState>) -> DataStream {
+    DataStream::with_tokenizer(cfg, tokenizer(), rank, world, resume).expect("stream")
+}
+
+/// 2 ranks × 1 worker stopped after k batches each continue as 1 rank × 2 workers: the
+/// re-partitioned stream yields rank 0's next batch, then rank 1's, alternately.
+#[test]
+fn two_rank_positions_repartition_onto_one_rank_with_two_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let two = config(mixed_sources(dir.path()), 24, 3, 1);
+    let k = 5;
+    let mut saved = Vec::new();
+    let mut expected = Vec::new();
+    for rank in 0..2 {
+        let batches: Vec<Batch> = open(&two, rank, 2, None)
+            .take(k + 4)
+            .map(|b| b.expect("batch"))
+            .collect();
+        saved.push(batches[k - 1].state.clone());
+        expected.push(batches[k..].to_vec());
+    }
+    let mut one = two.clone();
+    one.workers = 2;
+    let state = StreamState::repartition(&saved, 0, 1, 2).expect("repartition");
+    assert_eq!(
+        (state.rank, state.world_size, state.workers.len()),
+        (0, 1, 2)
+    );
+    let rest: Vec<Batch> = open(&one, 0, 1, Some(state))
+        .take(8)
+        .map(|b| b.expect("batch"))
+        .collect();
+    for (i, b) in rest.iter().enumerate() {
+        let want = &expected[i % 2][i / 2];
+        assert_eq!(b.tokens, want.tokens, "batch {i}");
+        assert_eq!(b.row_sources, want.row_sources, "batch {i}");
+        assert_eq!(b.worker, i % 2);
+    }
+}
+
+#[test]
+fn repartition_refuses_layouts_that_cannot_be_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let two = config(mixed_sources(dir.path()), 24, 3, 1);
+    let saved: Vec<StreamState> = (0..2)
+        .map(|rank| {
+            let b = open(&two, rank, 2, None).next().expect("a batch");
+            b.expect("batch").state
+        })
+        .collect();
+    // 2 shares onto 1 rank × 1 worker: the message says how to keep them.
+    let err = StreamState::repartition(&saved, 0, 1, 1).expect_err("2 shares, 1 worker");
+    assert!(err.to_string().contains("data.workers=2"), "{err}");
+    // Positions at different batch counts.
+    let mut uneven = saved.clone();
+    uneven[1] = open(&two, 1, 2, None)
+        .nth(1)
+        .expect("two batches")
+        .expect("batch")
+        .state;
+    let err = StreamState::repartition(&uneven, 0, 1, 2).expect_err("uneven");
+    assert!(err.to_string().contains("different batch counts"), "{err}");
+    // 2 shares cannot spread over 4 ranks.
+    let err = StreamState::repartition(&saved, 0, 4, 1).expect_err("4 ranks");
+    assert!(err.to_string().contains("cannot hold them evenly"), "{err}");
+}

@@ -1,0 +1,116 @@
+//! The trainer's optimizer: AdamW replicated on every rank, or partitioned across the ranks of
+//! a data-parallel run (ZeRO-1, [`ShardedAdamW`]). Both see the same step: reduce the
+//! gradients, measure (and clip) their global norm, update, clear.
+
+use std::path::Path;
+
+use tch::Tensor;
+
+use crate::data_parallel::DataParallel;
+use crate::error::Result;
+use crate::optim::{AdamW, OptimizerConfig};
+use crate::sharded_adamw::ShardedAdamW;
+
+#[derive(Debug)]
+pub enum Optimizer {
+    Replicated(AdamW),
+    Sharded(ShardedAdamW),
+}
+
+impl Optimizer {
+    /// Sharded when asked for and there is more than one rank.
+    pub fn new(
+        named: Vec<(String, Tensor)>,
+        config: &OptimizerConfig,
+        sharded: bool,
+        dp: Option<&DataParallel>,
+    ) -> Result<Self> {
+        match dp {
+            Some(dp) if sharded => Ok(Optimizer::Sharded(ShardedAdamW::new(
+                named,
+                config,
+                dp.rank(),
+                dp.world_size(),
+            )?)),
+            _ => Ok(Optimizer::Replicated(AdamW::new(named, config)?)),
+        }
+    }
+
+    /// Averages the gradients over ranks (unless `reduced` says the replicated gradients were
+    /// all-reduced during backward already), clips them to `clip`, and returns the global norm
+    /// before clipping (f32 scalar on the device; no host sync).
+    pub fn reduce_and_clip(
+        &self,
+        dp: Option<&DataParallel>,
+        reduced: bool,
+        clip: Option<f64>,
+    ) -> Result<Tensor> {
+        match self {
+            Optimizer::Replicated(optim) => {
+                if let (Some(dp), false) = (dp, reduced) {
+                    dp.all_reduce_gradients(&optim.gradients())?;
+                }
+                Ok(match clip {
+                    Some(max) => optim.clip_grad_norm(max),
+                    None => optim.grad_norm(),
+                })
+            }
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                optim.reduce_gradients(pg)?;
+                match clip {
+                    Some(max) => optim.clip_grad_norm(pg, max),
+                    None => optim.grad_norm(pg),
+                }
+            }
+        }
+    }
+
+    pub fn step(&mut self, dp: Option<&DataParallel>, lr: f64) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => optim.step(lr),
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                optim.step(pg, lr)
+            }
+        }
+    }
+
+    pub fn zero_grad(&self) {
+        match self {
+            Optimizer::Replicated(optim) => optim.zero_grad(),
+            Optimizer::Sharded(optim) => optim.zero_grad(),
+        }
+    }
+
+    /// The state in the per-parameter checkpoint layout: a collective for the sharded
+    /// optimizer (every rank calls it; rank 0 gets `Some`), the replicated one's own tensors
+    /// otherwise.
+    pub fn checkpoint_tensors(
+        &self,
+        dp: Option<&DataParallel>,
+    ) -> Result<Option<Vec<(String, Tensor)>>> {
+        match self {
+            Optimizer::Replicated(optim) => Ok(Some(optim.state_tensors())),
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                optim.gather_state(pg)
+            }
+        }
+    }
+
+    /// Restores the state saved by either optimizer on any number of ranks.
+    pub fn load_file(&mut self, path: &Path, step: u64) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => {
+                let tensors = corenet_model::load_tensors(path)?;
+                optim.load_state(tensors.into_iter().collect(), step)
+            }
+            Optimizer::Sharded(optim) => optim.load_file(path, step),
+        }
+    }
+}
+
+fn no_group() -> crate::Error {
+    crate::Error::OptimizerState("the sharded optimizer needs a data-parallel process group".into())
+}
