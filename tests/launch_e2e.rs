@@ -127,3 +127,60 @@ fn launch_two_ranks_trains_stops_on_sigterm_and_fails_with_a_rank() {
     assert!(stderr.contains("of 2 failed"), "{stderr}");
     assert!(stderr.contains("trainer.global_batch"), "{stderr}");
 }
+
+/// PyTorch's own launcher: `torchrun --nproc-per-node 2 --no-python corenet train …` (from the
+/// reference environment). torchrun hosts the rendezvous store itself and tells the ranks so
+/// (TORCHELASTIC_USE_AGENT_STORE); the ranks train with the sharded optimizer and rank 0 writes
+/// a checkpoint holding both ranks' data positions.
+#[test]
+fn torchrun_no_python_trains_two_sharded_ranks() {
+    let torchrun = workspace_root().join(".venv-ref/bin/torchrun");
+    if !torchrun.is_file() {
+        assert!(
+            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+            "{} is missing, and CORENET_REQUIRE_REFERENCE is set",
+            torchrun.display()
+        );
+        eprintln!("skipped: no torchrun (run scripts/setup.sh --reference)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut cmd = Command::new(&torchrun);
+    cmd.current_dir(dir.path())
+        .args(["--nproc-per-node", "2", "--master-port", &port.to_string()])
+        .arg("--no-python")
+        .arg(corenet_bin())
+        .arg("train")
+        .arg(workspace_root().join("recipes/tiny.yaml"))
+        .args(["--dist-timeout", "30"]);
+    let sets = SMALL.iter().copied().chain([
+        "run.dir=runs/torchrun",
+        "trainer.steps=4",
+        "checkpoint.interval=2",
+        "trainer.sharded_optimizer=true",
+    ]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("run torchrun");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "torchrun failed:\n{stdout}\n{stderr}");
+    let m = metrics(&dir.path().join("runs/torchrun/metrics.jsonl"));
+    assert_eq!(m.len(), 4, "{m:?}");
+    assert!(m.iter().all(|x| x["world_size"] == 2), "{m:?}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("runs/torchrun/checkpoints/step-00000004/train_state.json"),
+        )
+        .expect("train_state.json"),
+    )
+    .expect("json");
+    assert_eq!(state["data_ranks"].as_array().map(Vec::len), Some(2));
+}

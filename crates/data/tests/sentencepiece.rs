@@ -262,14 +262,14 @@ fn missing_unk_is_a_clear_error() {
 // ------------------------------------------------------------------------------------------
 // Live oracle: retrain with the Python package and compare again.
 
-const REF_PYTHON: &str = "/work/main/.venv-ref/bin/python";
-
 /// The reference interpreter (`CORENET_REF_PYTHON`, else the repo's `.venv-ref`), and whether
 /// it can import `sentencepiece`.
 fn reference_python() -> (PathBuf, bool) {
     let python = std::env::var_os("CORENET_REF_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(REF_PYTHON));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-ref/bin/python")
+        });
     let ok = Command::new(&python)
         .args(["-c", "import sentencepiece"])
         .output()
@@ -282,6 +282,11 @@ fn reference_python() -> (PathBuf, bool) {
 fn regenerated_models_match_sentencepiece() {
     let (python, available) = reference_python();
     if !available {
+        assert!(
+            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+            "{} cannot import sentencepiece, and CORENET_REQUIRE_REFERENCE is set",
+            python.display()
+        );
         eprintln!(
             "skipping: {} cannot import sentencepiece (pip install sentencepiece into \
              .venv-ref, or set CORENET_REF_PYTHON)",

@@ -61,6 +61,10 @@ fn matches_committed_pytorch_fixture() {
 #[test]
 fn matches_freshly_generated_pytorch_fixture() {
     let Some(python) = reference_python() else {
+        assert!(
+            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+            "no importable torch, and CORENET_REQUIRE_REFERENCE is set"
+        );
         eprintln!("skipped: no importable torch (run scripts/setup.sh --reference)");
         return;
     };

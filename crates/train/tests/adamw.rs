@@ -96,6 +96,10 @@ fn reference_python() -> Option<PathBuf> {
 #[test]
 fn three_steps_match_freshly_generated_pytorch_fixture() {
     let Some(python) = reference_python() else {
+        assert!(
+            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+            "no importable torch, and CORENET_REQUIRE_REFERENCE is set"
+        );
         eprintln!("skipped: no importable torch (run scripts/setup.sh --reference)");
         return;
     };
