@@ -6,7 +6,8 @@ Model, as corenet-rs (and CoreNet) build it: token embedding tied to the output 
 (layer-wise scaling: each layer's query/KV heads and FFN width from the config, as
 scripts/openelm_reference.py derives them) a pre-norm block with fused bias-free QKV, per-head
 q/k RMSNorm, RoPE (rotate-half, f32 tables cached up to rope_max_length, rotated in f32 and cast
-back), GQA by `repeat_interleave`, `F.scaled_dot_product_attention(is_causal=True)`, SwiGLU FFN;
+back), GQA by `repeat_interleave` as CoreNet does (`--enable-gqa`: inside SDPA, as corenet-rs
+does on CPU), `F.scaled_dot_product_attention(is_causal=True)`, SwiGLU FFN;
 final RMSNorm. RMSNorm is CoreNet's composite (statistics in f32, `type_as`, times the weight).
 Loss: cross-entropy in f32 plus z-loss (coef 1e-4). Optimizer: `torch.optim.AdamW(fused=True)`,
 betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on >= 2-D weights only, gradient clipping at 1.0
@@ -93,9 +94,9 @@ class Rope(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, d, hd, q, kv, qk_norm):
+    def __init__(self, d, hd, q, kv, qk_norm, enable_gqa):
         super().__init__()
-        self.q, self.kv, self.hd = q, kv, hd
+        self.q, self.kv, self.hd, self.enable_gqa = q, kv, hd, enable_gqa
         self.qkv_proj = nn.Linear(d, (q + 2 * kv) * hd, bias=False)
         self.q_norm = RMSNorm(hd) if qk_norm else None
         self.k_norm = RMSNorm(hd) if qk_norm else None
@@ -109,9 +110,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(q), rope(k)
         group = self.q // self.kv
-        if group > 1:
+        if group > 1 and not self.enable_gqa:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, Hq, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=group > 1 and self.enable_gqa)  # (B, Hq, T, D)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, self.q * self.hd))
 
 
@@ -137,7 +139,8 @@ class Block(nn.Module):
         super().__init__()
         d = cfg["model_dim"]
         self.attn_norm = RMSNorm(d)
-        self.attn = Attention(d, cfg["head_dim"], q, kv, cfg["normalize_qk_projections"])
+        self.attn = Attention(d, cfg["head_dim"], q, kv, cfg["normalize_qk_projections"],
+                              cfg.get("enable_gqa", False))
         self.ffn_norm = RMSNorm(d)
         self.ffn = FeedForward(d, f, cfg["ffn_with_glu"])
 
@@ -200,9 +203,12 @@ SDPA_NAMES = {0: "math", 1: "flash_attention", 2: "efficient_attention", 3: "cud
 
 
 def sdpa_choice(cfg, b, t, dtype, device):
-    q = torch.zeros(b, layer_shapes(cfg)[0][0], t, cfg["head_dim"], dtype=dtype, device=device)
+    hq, hkv, _ = layer_shapes(cfg)[0]
+    gqa = cfg["enable_gqa"] and hq != hkv
+    q = torch.zeros(b, hq, t, cfg["head_dim"], dtype=dtype, device=device)  # (B, Hq, T, D)
+    kv = torch.zeros(b, hkv if gqa else hq, t, cfg["head_dim"], dtype=dtype, device=device)
     try:
-        return SDPA_NAMES.get(int(torch._fused_sdp_choice(q, q, q, is_causal=True)), "unknown")
+        return SDPA_NAMES.get(int(torch._fused_sdp_choice(q, kv, kv, is_causal=True, enable_gqa=gqa)), "unknown")
     except Exception as e:  # noqa: BLE001  (an internal API: report, do not fail the run)
         return f"unavailable: {e}"
 
@@ -266,6 +272,8 @@ def main():
     p.add_argument("--threads", type=int)
     p.add_argument("--lr", type=float, default=5.3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--enable-gqa", action="store_true",
+                   help="share KV heads inside SDPA (enable_gqa) instead of CoreNet's repeat_interleave")
     p.add_argument("--json", help="write the report here")
     args = p.parse_args()
     for name in ("seq", "micro_batch", "steps", "split_steps"):
@@ -280,6 +288,7 @@ def main():
         cfg = preset(args.model)
     for item in args.sets:
         apply_set(cfg, item)
+    cfg["enable_gqa"] = args.enable_gqa
     if args.seq > cfg["max_context_length"]:
         raise SystemExit(f"--seq {args.seq} exceeds max_context_length {cfg['max_context_length']}")
     if args.threads:
@@ -407,6 +416,7 @@ def main():
             "step_s": statistics.median(sum(p) for p in phases),
         },
         "sdpa_backend": sdpa_choice(cfg, args.micro_batch, args.seq, dtype, device),
+        "gqa": "enable_gqa" if args.enable_gqa else "repeat_interleave",
         "rms_norm": "composite",
         "fused_adamw": True,
         "pinned_input": cuda,

@@ -20,6 +20,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use corenet_model::attention::native_gqa;
 use corenet_model::{OpenElm, OpenElmConfig};
 
 use crate::device_info;
@@ -200,6 +201,8 @@ pub struct BenchReport {
     pub split: TimeSplit,
     /// The backend libtorch's `_fused_sdp_choice` picks for the first layer's attention.
     pub sdpa_backend: String,
+    /// How query heads share KV heads: "enable_gqa" (inside SDPA) or "repeat_interleave".
+    pub gqa: String,
     /// "native" (`at::rms_norm`) or "composite".
     pub rms_norm: String,
     pub fused_adamw: bool,
@@ -463,6 +466,12 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
         peak_memory_source,
         split,
         sdpa_backend: sdpa_choice(&model, &batch.0)?,
+        gqa: if native_gqa(device) {
+            "enable_gqa"
+        } else {
+            "repeat_interleave"
+        }
+        .into(),
         rms_norm: corenet_model::norm::RMS_NORM_IMPL.into(),
         fused_adamw: config.optimizer.fused,
         pinned_input: tokens.pinned,
@@ -477,17 +486,21 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
     Ok(report)
 }
 
-/// The SDPA backend libtorch would pick for the first layer's (B, H, T, D) query/key/value at
-/// this batch's shape, dtype and device (causal, no mask, no dropout), as the model calls it.
+/// The SDPA backend libtorch would pick for the first layer's attention at this batch's shape,
+/// dtype and device, called as the model calls it (causal, no mask, no dropout; KV heads shared
+/// through `enable_gqa` where [`native_gqa`] says so, else repeated to the query heads).
 fn sdpa_choice(model: &OpenElm, inputs: &Tensor) -> Result<String> {
     let Some(dims) = model.layer_dims().first() else {
         return Ok("none".into());
     };
     let (b, t) = inputs.size2()?;
     let d = model.config().head_dim as i64;
-    let kind = model.token_embeddings.kind();
-    let q = Tensor::zeros([b, dims.query_heads as i64, t, d], (kind, inputs.device()));
+    let opts = (model.token_embeddings.kind(), inputs.device());
+    let gqa = dims.query_heads != dims.kv_heads && native_gqa(inputs.device());
+    let kv_heads = if gqa { dims.kv_heads } else { dims.query_heads } as i64;
+    let q = Tensor::zeros([b, dims.query_heads as i64, t, d], opts); // (B, Hq, T, D)
+    let kv = Tensor::zeros([b, kv_heads, t, d], opts); // (B, Hkv or Hq, T, D)
     let code =
-        Tensor::f_internal_fused_sdp_choice(&q, &q, &q, None::<Tensor>, 0.0, true, None, false)?;
+        Tensor::f_internal_fused_sdp_choice(&q, &kv, &kv, None::<Tensor>, 0.0, true, None, gqa)?;
     Ok(sdpa_backend_name(code).into())
 }
