@@ -2,7 +2,7 @@
 //! the shapes a model's norms see, in f32 and bf16. Prints one line per case (median of the
 //! repetitions, the two implementations interleaved so machine contention hits both alike).
 //!
-//! `cargo run --release -p corenet-model --example rms_norm_bench -- [REPS]`
+//! `cargo run --release -p corenet-model --example rms_norm_bench -- [REPS] [THREADS]`
 
 use std::time::Instant;
 
@@ -31,6 +31,9 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    if let Some(threads) = std::env::args().nth(2).and_then(|s| s.parse().ok()) {
+        tch::set_num_threads(threads);
+    }
     println!("threads {}", tch::get_num_threads());
     // (B, T, C) of a block norm and (B, H, T, D) of a q/k norm, tiny and 270M-like widths.
     let shapes: [&[i64]; 4] = [
