@@ -82,8 +82,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let norm = RmsNorm::new(&vs.root(), 48);
             tch::no_grad(|| {
-                let _ = norm
-                    .weight
+                norm.weight
                     .shallow_clone()
                     .copy_(&(Tensor::randn([48], (Kind::Float, Device::Cpu)) * 0.1 + 1.0));
             });
