@@ -1,6 +1,7 @@
 //! `corenet`: the command-line front end of corenet-rs. Argument parsing and dispatch only; the
 //! work happens in the library crates.
 
+mod bench_cmd;
 mod checkpoint_cmd;
 mod data_cmd;
 mod generate_cmd;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Continue a prompt with a checkpoint (greedy or sampled, per-layer KV cache).
     Generate(generate_cmd::GenerateArgs),
+    /// Benchmark training steps on synthetic tokens: tokens/s, MFU, peak memory, time split.
+    Bench(bench_cmd::BenchArgs),
     /// Train from a recipe (YAML); resumable with --resume auto.
     Train(train_cmd::TrainArgs),
     /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
         Command::Checkpoint { command } => checkpoint_cmd::run(command),

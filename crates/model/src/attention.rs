@@ -92,43 +92,30 @@ impl Attention {
             .linear::<Tensor>(&self.out_proj, None)
     }
 
-    /// Scaled dot-product attention, causal, scale 1/sqrt(D); K/V heads repeated so that query
-    /// head j reads KV head j / group (CoreNet's `repeat_interleave`).
+    /// Scaled dot-product attention, causal, scale 1/sqrt(D); query head j reads KV head
+    /// j / group (CoreNet's `repeat_interleave`). See [`native_gqa`] for how the KV heads are
+    /// shared.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: i64) -> Tensor {
         let group = self.query_heads / self.kv_heads;
-        let (k, v) = if group > 1 {
+        let gqa = group > 1 && native_gqa(q.device());
+        let (k, v) = if group > 1 && !gqa {
             (
                 k.repeat_interleave_self_int(group, 1, None),
                 v.repeat_interleave_self_int(group, 1, None),
-            )
+            ) // (B, Hq, S, D)
         } else {
-            (k.shallow_clone(), v.shallow_clone())
+            (k.shallow_clone(), v.shallow_clone()) // (B, Hkv, S, D) or already Hq
         };
         let t = q.size()[2];
+        let sdpa = |mask: Option<Tensor>, causal: bool| {
+            Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, gqa)
+        };
         if offset == 0 {
-            return Tensor::scaled_dot_product_attention(
-                q,
-                &k,
-                &v,
-                None::<Tensor>,
-                0.0,
-                true,
-                None,
-                false,
-            );
+            return sdpa(None, true);
         }
         if t == 1 {
             // One new token may attend to everything cached.
-            return Tensor::scaled_dot_product_attention(
-                q,
-                &k,
-                &v,
-                None::<Tensor>,
-                0.0,
-                false,
-                None,
-                false,
-            );
+            return sdpa(None, false);
         }
         // Queries at offset..offset+T against keys 0..offset+T: SDPA's own causal mask would be
         // aligned top-left, so build the bottom-right one.
@@ -136,6 +123,16 @@ impl Attention {
         let rows = Tensor::arange(t, (Kind::Int64, q.device())).unsqueeze(1) + offset;
         let cols = Tensor::arange(s, (Kind::Int64, q.device())).unsqueeze(0);
         let mask = cols.le_tensor(&rows); // (T, S), true = may attend
-        Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false)
+        sdpa(Some(mask), false)
     }
+}
+
+/// Whether attention on `device` shares KV heads inside SDPA (`enable_gqa`) instead of
+/// materialising them with `repeat_interleave`. On CPU libtorch 2.11's flash kernel takes
+/// `enable_gqa` directly, which saves the copies (about 20-30 % of the attention time at the
+/// tiny recipe's shape, docs/performance.md); on CUDA not every fused backend accepts it and one
+/// that does not would fall back to the math kernel, so the GPU path keeps CoreNet's
+/// `repeat_interleave` until it is measured.
+pub fn native_gqa(device: tch::Device) -> bool {
+    !device.is_cuda()
 }

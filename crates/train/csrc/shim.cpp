@@ -10,6 +10,8 @@
 //   storage, so in-place collectives update the caller's tensor.
 
 #include <ATen/ATen.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <torch/headeronly/version.h>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -404,6 +406,38 @@ char* shim_foreach_norm(const void* const* ts, size_t n, void* out) {
     std::vector<at::Tensor> v = tensors(ts, n);
     std::vector<at::Tensor> norms = at::_foreach_norm(v, 2, at::kFloat);
     result = at::linalg_vector_norm(at::stack(norms), 2);
+  });
+}
+
+// The libtorch version these headers (and so the linked library) belong to, e.g. "2.11.0", as
+// a malloc'd string the caller releases with `shim_free`.
+char* shim_torch_version(char** out) {
+  return guarded([&] {
+    *out = dup_string(TORCH_VERSION);
+    if (*out == nullptr) {
+      throw std::bad_alloc();
+    }
+  });
+}
+
+// Peak bytes allocated by the CUDA caching allocator on `device_index` since the start or the
+// last reset (`torch.cuda.max_memory_allocated`). Fails when no CUDA allocator is registered
+// (a CPU-only build or no GPU).
+char* shim_cuda_peak_allocated(int device_index, int64_t* out) {
+  return guarded([&] {
+    *out = 0;
+    const auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)
+                           ->getDeviceStats(static_cast<c10::DeviceIndex>(device_index));
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *out = stats.allocated_bytes[aggregate].peak;
+  });
+}
+
+// `torch.cuda.reset_peak_memory_stats`.
+char* shim_cuda_reset_peak(int device_index) {
+  return guarded([&] {
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)
+        ->resetPeakStats(static_cast<c10::DeviceIndex>(device_index));
   });
 }
 

@@ -55,9 +55,24 @@ pub fn forward_backward(
     spec: LossSpec,
     checkpoint: bool,
 ) -> corenet_model::Result<LossTerms> {
+    forward_backward_with(model, inputs, targets, spec, checkpoint, || {})
+}
+
+/// [`forward_backward`] calling `after_forward` once the loss exists and before any backward
+/// work starts (with checkpointing, the blocks' recomputation counts as backward). The benchmark
+/// uses it to put a device synchronisation at the phase boundary.
+pub fn forward_backward_with(
+    model: &OpenElm,
+    inputs: &Tensor,
+    targets: &Tensor,
+    spec: LossSpec,
+    checkpoint: bool,
+    mut after_forward: impl FnMut(),
+) -> corenet_model::Result<LossTerms> {
     if !checkpoint {
         let logits = model.forward(inputs)?; // (B, T, V)
         let terms = lm_loss(&logits, targets, spec.ignore_index, spec.z_coef);
+        after_forward();
         (&terms.total * spec.scale).backward();
         return Ok(detached(terms));
     }
@@ -72,6 +87,7 @@ pub fn forward_backward(
     let last = last.detach().set_requires_grad(true);
     let logits = model.head(&last); // (B, T, V)
     let terms = lm_loss(&logits, targets, spec.ignore_index, spec.z_coef);
+    after_forward();
     (&terms.total * spec.scale).backward();
     let mut grad = last.grad();
     for (layer, x) in model.layers.iter().zip(block_inputs).rev() {

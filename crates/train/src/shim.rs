@@ -1,7 +1,7 @@
 //! Raw declarations of `csrc/shim.cpp` (compiled by build.rs). Every function returns null on
 //! success or a malloc'd error message; [`check`] turns that into a `Result` and frees it.
 //! Tensors cross as tch's `C_tensor` pointers, which are `at::Tensor*` on the C++ side.
-//! The safe wrappers are in [`crate::dist`] and [`crate::fused`].
+//! The safe wrappers are in [`crate::dist`], [`crate::fused`] and [`crate::device_info`].
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -80,6 +80,10 @@ extern "C" {
         n: usize,
         out: *mut C_tensor,
     ) -> *mut c_char;
+
+    pub(crate) fn shim_torch_version(out: *mut *mut c_char) -> *mut c_char;
+    pub(crate) fn shim_cuda_peak_allocated(device_index: c_int, out: *mut i64) -> *mut c_char;
+    pub(crate) fn shim_cuda_reset_peak(device_index: c_int) -> *mut c_char;
 }
 
 /// Converts a shim return value into `Ok(())` or `Err(message)`, freeing the message.

@@ -157,7 +157,12 @@ fn foreach_norm_equals_plain_norm() {
         .enumerate()
         .map(|(i, p)| (format!("p{i}"), p.shallow_clone()))
         .collect();
-    let plain = AdamW::new(named, &OptimizerConfig::default()).expect("valid config");
+    // The per-tensor norm (`fused: true` would itself use `_foreach_norm`).
+    let unfused = OptimizerConfig {
+        fused: false,
+        ..OptimizerConfig::default()
+    };
+    let plain = AdamW::new(named, &unfused).expect("valid config");
     for p in &params {
         set_grad(
             p,
