@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::OpenElmConfig;
 use crate::error::{Error, Result};
 use crate::openelm::OpenElm;
+use crate::pretrained::copy_into;
 
 /// Every tensor of the model with its shape, in CoreNet's registration order.
 pub fn tensor_shapes(config: &OpenElmConfig) -> Result<Vec<(String, Vec<i64>)>> {
@@ -126,10 +127,7 @@ impl OpenElm {
                     found: source.size(),
                 });
             }
-            tch::no_grad(|| {
-                let mut target = param.shallow_clone();
-                target.f_copy_(&source.to_kind(param.kind()).to_device(param.device()))
-            })?;
+            copy_into(param, &source)?;
         }
         if let Some(extra) = file
             .names()
@@ -145,7 +143,7 @@ impl OpenElm {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
