@@ -99,7 +99,7 @@ pub fn load_pretrained(model: &OpenElm, dir: &Path) -> Result<()> {
     let folder = read_folder_config(dir)?;
     check_architecture(&folder, model.config(), dir)?;
     let files = weight_files(dir)?;
-    copy_tensors(model, &files)?;
+    copy_tensors(model, &files, true)?;
     let (from, to) = (folder.vocab_size, model.config().vocab_size);
     if from != to {
         tracing::info!(
@@ -199,8 +199,9 @@ fn check_architecture(folder: &OpenElmConfig, model: &OpenElmConfig, dir: &Path)
 }
 
 /// Copies the tensors of `files` into `model`'s parameters; every parameter must be found
-/// exactly once and every tensor must be a parameter. Vocabulary tensors may differ in rows.
-fn copy_tensors(model: &OpenElm, files: &[PathBuf]) -> Result<()> {
+/// exactly once and every tensor must be a parameter. With `resize_vocab`, vocabulary tensors
+/// may differ in rows.
+pub(crate) fn copy_tensors(model: &OpenElm, files: &[PathBuf], resize_vocab: bool) -> Result<()> {
     let params: HashMap<String, Tensor> = model.named_parameters().into_iter().collect();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for path in files {
@@ -222,7 +223,7 @@ fn copy_tensors(model: &OpenElm, files: &[PathBuf]) -> Result<()> {
                 });
             }
             let source = tensor_from_view(path, &name, &view)?;
-            let source = fit_rows(path, &name, param, source)?;
+            let source = fit_rows(path, &name, param, source, resize_vocab)?;
             copy_into(param, &source)?;
         }
     }
@@ -239,12 +240,19 @@ fn copy_tensors(model: &OpenElm, files: &[PathBuf]) -> Result<()> {
 
 /// `source` shaped like `param`: the same shape, or for a vocabulary tensor (V', C) against
 /// (V, C) the shared min(V, V') rows written over a copy of `param`'s current rows.
-fn fit_rows(path: &Path, name: &str, param: &Tensor, source: Tensor) -> Result<Tensor> {
+fn fit_rows(
+    path: &Path,
+    name: &str,
+    param: &Tensor,
+    source: Tensor,
+    resize_vocab: bool,
+) -> Result<Tensor> {
     let (want, found) = (param.size(), source.size());
     if want == found {
         return Ok(source);
     }
-    let resizable = VOCAB_TENSORS.contains(&name) && want.len() == 2 && found.len() == 2;
+    let resizable =
+        resize_vocab && VOCAB_TENSORS.contains(&name) && want.len() == 2 && found.len() == 2;
     if !resizable || want[1] != found[1] {
         return Err(Error::ShapeMismatch {
             path: path.to_path_buf(),
@@ -264,7 +272,7 @@ fn fit_rows(path: &Path, name: &str, param: &Tensor, source: Tensor) -> Result<T
 }
 
 /// Writes `source` (same shape) into `param`, converting dtype and device.
-pub(crate) fn copy_into(param: &Tensor, source: &Tensor) -> Result<()> {
+fn copy_into(param: &Tensor, source: &Tensor) -> Result<()> {
     tch::no_grad(|| {
         let mut target = param.shallow_clone();
         target.f_copy_(&source.to_kind(param.kind()).to_device(param.device()))
