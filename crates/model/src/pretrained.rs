@@ -115,85 +115,51 @@ pub fn load_pretrained(model: &OpenElm, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every architecture field except the vocabulary size (resized on load), `max_context_length`
-/// (stored, unused by the model) and `padding_index` (a training choice).
-fn check_architecture(folder: &OpenElmConfig, model: &OpenElmConfig, dir: &Path) -> Result<()> {
-    let differ = |field: &str, f: String, m: String| -> Result<()> {
-        if f == m {
-            return Ok(());
-        }
-        Err(Error::ArchitectureMismatch {
-            path: dir.to_path_buf(),
-            field: field.to_string(),
-            folder: f,
-            model: m,
-        })
+/// The architecture fields that must agree, as text: every field except the vocabulary size
+/// (resized on load), `max_context_length` (stored, unused by the model) and `padding_index` (a
+/// training choice). Multipliers are stored as per-layer lists by HF and as ranges by recipes,
+/// so what they resolve to is compared.
+fn architecture(c: &OpenElmConfig) -> Result<Vec<(&'static str, String)>> {
+    let layers = c.layers()?;
+    let per_layer = |f: fn(&crate::scaling::LayerDims) -> usize| {
+        format!("{:?}", layers.iter().map(f).collect::<Vec<_>>())
     };
-    let scalars = [
+    Ok(vec![
         (
             "num_transformer_layers",
-            folder.num_transformer_layers,
-            model.num_transformer_layers,
+            c.num_transformer_layers.to_string(),
         ),
-        ("model_dim", folder.model_dim, model.model_dim),
-        ("head_dim", folder.head_dim, model.head_dim),
-        (
-            "num_gqa_groups",
-            folder.num_gqa_groups,
-            model.num_gqa_groups,
-        ),
-        (
-            "rope_max_length",
-            folder.rope_max_length,
-            model.rope_max_length,
-        ),
-    ];
-    for (field, f, m) in scalars {
-        differ(field, f.to_string(), m.to_string())?;
-    }
-    let flags = [
-        ("ffn_with_glu", folder.ffn_with_glu, model.ffn_with_glu),
+        ("model_dim", c.model_dim.to_string()),
+        ("head_dim", c.head_dim.to_string()),
+        ("num_gqa_groups", c.num_gqa_groups.to_string()),
+        ("num_query_heads", per_layer(|l| l.query_heads)),
+        ("num_kv_heads", per_layer(|l| l.kv_heads)),
+        ("ffn_multipliers (FFN widths)", per_layer(|l| l.ffn_dim)),
+        ("ffn_with_glu", c.ffn_with_glu.to_string()),
         (
             "normalize_qk_projections",
-            folder.normalize_qk_projections,
-            model.normalize_qk_projections,
+            c.normalize_qk_projections.to_string(),
         ),
         (
             "share_input_output_layers",
-            folder.share_input_output_layers,
-            model.share_input_output_layers,
+            c.share_input_output_layers.to_string(),
         ),
-    ];
-    for (field, f, m) in flags {
-        differ(field, f.to_string(), m.to_string())?;
-    }
-    differ(
-        "rope_freq_constant",
-        folder.rope_freq_constant.to_string(),
-        model.rope_freq_constant.to_string(),
-    )?;
-    // Multipliers are stored as per-layer lists by HF and as ranges by recipes: compare what
-    // they resolve to.
-    let (fl, ml) = (folder.layers()?, model.layers()?);
-    let lists = [
-        (
-            "num_query_heads",
-            fl.iter().map(|l| l.query_heads).collect::<Vec<_>>(),
-            ml.iter().map(|l| l.query_heads).collect::<Vec<_>>(),
-        ),
-        (
-            "num_kv_heads",
-            fl.iter().map(|l| l.kv_heads).collect(),
-            ml.iter().map(|l| l.kv_heads).collect(),
-        ),
-        (
-            "ffn_multipliers (FFN widths)",
-            fl.iter().map(|l| l.ffn_dim).collect(),
-            ml.iter().map(|l| l.ffn_dim).collect(),
-        ),
-    ];
-    for (field, f, m) in lists {
-        differ(field, format!("{f:?}"), format!("{m:?}"))?;
+        ("rope_freq_constant", c.rope_freq_constant.to_string()),
+        ("rope_max_length", c.rope_max_length.to_string()),
+    ])
+}
+
+/// The first architecture field in which the folder's config differs from the model's.
+fn check_architecture(folder: &OpenElmConfig, model: &OpenElmConfig, dir: &Path) -> Result<()> {
+    for ((field, f), (_, m)) in architecture(folder)?.into_iter().zip(architecture(model)?) {
+        if f != m {
+            return Err(Error::ArchitectureMismatch {
+                path: dir.to_path_buf(),
+                field: field.to_string(),
+                folder: f,
+                model: m,
+            });
+        }
     }
     Ok(())
 }

@@ -47,17 +47,9 @@ fn reader_logits(python: &Path, folder: &Path, ids: &[Vec<i64>]) -> Tensor {
 
 fn config(tied: bool) -> OpenElmConfig {
     OpenElmConfig {
-        vocab_size: 67,
-        num_transformer_layers: 4,
-        model_dim: 32,
-        head_dim: 8,
-        qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
-        num_gqa_groups: 2,
         ffn_multipliers: Multiplier::Range(vec![0.5, 4.0]),
-        ffn_dim_divisor: 8,
-        normalize_qk_projections: true,
         share_input_output_layers: tied,
-        ..OpenElmConfig::default()
+        ..OpenElmConfig::miniature(67, 4, 32, 8)
     }
 }
 

@@ -12,19 +12,7 @@ use corenet_model::{save_tensors, Multiplier, OpenElm, OpenElmConfig};
 use tch::{nn, Device, Tensor};
 
 fn tiny(vocab_size: usize) -> OpenElmConfig {
-    OpenElmConfig {
-        vocab_size,
-        num_transformer_layers: 3,
-        model_dim: 16,
-        head_dim: 4,
-        qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
-        num_gqa_groups: 2,
-        ffn_multipliers: Multiplier::Range(vec![0.5, 2.0]),
-        ffn_dim_divisor: 8,
-        normalize_qk_projections: true,
-        share_input_output_layers: true,
-        ..OpenElmConfig::default()
-    }
+    OpenElmConfig::miniature(vocab_size, 3, 16, 4)
 }
 
 fn model(config: &OpenElmConfig, seed: i64) -> (nn::VarStore, OpenElm) {
