@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
-use corenet_model::{Multiplier, OpenElm, OpenElmConfig};
+use corenet_model::{OpenElm, OpenElmConfig};
 use corenet_train::eval::{
     check_tokenizer, encode_pair, evaluate, load_docs, perplexity, scoring::score_tokens,
     ModelScorer, PerplexityOptions, Request, Scorer, Task,
@@ -187,19 +187,7 @@ fn bad_task_files_name_the_file_the_line_and_the_field() {
 }
 
 fn tiny_model(vocab_size: usize) -> (nn::VarStore, OpenElm) {
-    let config = OpenElmConfig {
-        vocab_size,
-        num_transformer_layers: 2,
-        model_dim: 32,
-        head_dim: 8,
-        qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
-        num_gqa_groups: 2,
-        ffn_multipliers: Multiplier::Range(vec![0.5, 2.0]),
-        ffn_dim_divisor: 8,
-        normalize_qk_projections: true,
-        share_input_output_layers: true,
-        ..OpenElmConfig::default()
-    };
+    let config = OpenElmConfig::miniature(vocab_size, 2, 32, 8);
     tch::manual_seed(7);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = OpenElm::new(&vs.root(), &config).expect("model");
