@@ -3,6 +3,7 @@
 
 mod checkpoint_cmd;
 mod data_cmd;
+mod eval_cmd;
 mod generate_cmd;
 mod launch_cmd;
 mod model_cmd;
@@ -29,6 +30,11 @@ struct Cli {
 enum Command {
     /// Continue a prompt with a checkpoint (greedy or sampled, per-layer KV cache).
     Generate(generate_cmd::GenerateArgs),
+    /// Evaluate a checkpoint or HF folder: perplexity on a shard, zero-shot multiple choice.
+    Eval {
+        #[command(subcommand)]
+        command: eval_cmd::EvalCommand,
+    },
     /// Train from a recipe (YAML); resumable with --resume auto.
     Train(train_cmd::TrainArgs),
     /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Eval { command } => eval_cmd::run(command),
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
         Command::Checkpoint { command } => checkpoint_cmd::run(command),
