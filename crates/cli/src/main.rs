@@ -4,6 +4,7 @@
 mod bench_cmd;
 mod checkpoint_cmd;
 mod data_cmd;
+mod eval_cmd;
 mod generate_cmd;
 mod launch_cmd;
 mod model_cmd;
@@ -32,6 +33,11 @@ enum Command {
     Generate(generate_cmd::GenerateArgs),
     /// Benchmark training steps on synthetic tokens: tokens/s, MFU, peak memory, time split.
     Bench(bench_cmd::BenchArgs),
+    /// Evaluate a checkpoint or HF folder: perplexity on a shard, zero-shot multiple choice.
+    Eval {
+        #[command(subcommand)]
+        command: eval_cmd::EvalCommand,
+    },
     /// Train from a recipe (YAML); resumable with --resume auto.
     Train(train_cmd::TrainArgs),
     /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Eval { command } => eval_cmd::run(command),
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
         Command::Checkpoint { command } => checkpoint_cmd::run(command),

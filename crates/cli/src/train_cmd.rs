@@ -1,4 +1,4 @@
-//! `corenet train RECIPE [--set k=v]… [--resume auto|PATH]`. Under a launcher (torchrun,
+//! `corenet train RECIPE [--set k=v]… [--resume auto|PATH] [--init-from PATH]`. Under a launcher (torchrun,
 //! `corenet launch`, srun) the RANK/WORLD_SIZE/… or SLURM_* variables make it one rank of a
 //! data-parallel run.
 
@@ -35,6 +35,11 @@ pub struct TrainArgs {
     /// starting the data stream from the beginning (its positions cannot be re-partitioned).
     #[arg(long)]
     restart_data: bool,
+    /// Start from existing weights: an HF OpenELM folder (config.json + model.safetensors or a
+    /// sharded model.safetensors.index.json) or a corenet checkpoint directory. The architecture
+    /// must be the recipe's; the vocabulary is resized (32000 <-> 32128). Ignored on resume.
+    #[arg(long, value_name = "PATH")]
+    init_from: Option<PathBuf>,
 }
 
 fn parse_resume(value: &str) -> Resume {
@@ -83,6 +88,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         dist: env.clone(),
         dist_timeout: Some(Duration::from_secs(args.dist_timeout)),
         restart_data: args.restart_data,
+        init_from: args.init_from,
         ..TrainOptions::default()
     };
     let mut trainer = Trainer::new(recipe, options).map_err(which)?;

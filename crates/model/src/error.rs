@@ -33,6 +33,14 @@ pub enum Error {
         dtype: String,
     },
 
+    #[error("{path}: architecture differs from the model's: `{field}` is {folder} there, {model} in the model")]
+    ArchitectureMismatch {
+        path: PathBuf,
+        field: String,
+        folder: String,
+        model: String,
+    },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -17,6 +17,7 @@ pub mod kv_cache;
 pub mod norm;
 pub mod openelm;
 pub mod preset;
+pub mod pretrained;
 pub mod rope;
 pub mod scaling;
 pub mod weights;

@@ -25,6 +25,25 @@ fn openelm_shape(name: &str) -> Option<(usize, usize, usize)> {
 }
 
 impl OpenElmConfig {
+    /// A miniature with OpenELM's structure (layer-wise scaling α 0.5 → 1 and β 0.5 → 2, two
+    /// query heads per KV head, FFN widths in multiples of 8, q/k norms, tied embeddings), for
+    /// tests and smoke runs. `head_dim` must divide the query widths it implies.
+    pub fn miniature(vocab_size: usize, layers: usize, model_dim: usize, head_dim: usize) -> Self {
+        OpenElmConfig {
+            vocab_size,
+            num_transformer_layers: layers,
+            model_dim,
+            head_dim,
+            qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
+            num_gqa_groups: 2,
+            ffn_multipliers: Multiplier::Range(vec![0.5, 2.0]),
+            ffn_dim_divisor: 8,
+            normalize_qk_projections: true,
+            share_input_output_layers: true,
+            ..OpenElmConfig::default()
+        }
+    }
+
     /// A named preset with CoreNet's defaults for the fields it does not set (vocab 32000,
     /// context 2048); CoreNet's OpenELM recipes then set `vocab_size: 32128`.
     pub fn preset(name: &str) -> Result<Self> {

@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::OpenElmConfig;
 use crate::error::{Error, Result};
 use crate::openelm::OpenElm;
+use crate::pretrained::copy_tensors;
 
 /// Every tensor of the model with its shape, in CoreNet's registration order.
 pub fn tensor_shapes(config: &OpenElmConfig) -> Result<Vec<(String, Vec<i64>)>> {
@@ -105,47 +106,11 @@ impl OpenElm {
     /// Copies the tensors of `path` into the parameters (converted to their dtype and device).
     /// The file must hold exactly this model's tensors with these shapes.
     pub fn load_safetensors(&self, path: &Path) -> Result<()> {
-        let bytes = read_file(path)?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::SafeTensors {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let params = self.named_parameters();
-        let expected: HashMap<&str, ()> = params.iter().map(|(n, _)| (n.as_str(), ())).collect();
-        for (name, param) in &params {
-            let view = file.tensor(name).map_err(|_| Error::MissingTensor {
-                path: path.to_path_buf(),
-                name: name.clone(),
-            })?;
-            let source = tensor_from_view(path, name, &view)?;
-            if source.size() != param.size() {
-                return Err(Error::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    expected: param.size(),
-                    found: source.size(),
-                });
-            }
-            tch::no_grad(|| {
-                let mut target = param.shallow_clone();
-                target.f_copy_(&source.to_kind(param.kind()).to_device(param.device()))
-            })?;
-        }
-        if let Some(extra) = file
-            .names()
-            .into_iter()
-            .find(|n| !expected.contains_key(&n[..]))
-        {
-            return Err(Error::UnexpectedTensor {
-                path: path.to_path_buf(),
-                name: extra.to_string(),
-            });
-        }
-        Ok(())
+        copy_tensors(self, &[path.to_path_buf()], false)
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,

@@ -1,23 +1,11 @@
 //! Generation: the KV cache changes nothing for greedy decoding; sampling is seeded.
 
 use corenet_model::generate::{generate, SamplingConfig};
-use corenet_model::{Multiplier, OpenElm, OpenElmConfig};
+use corenet_model::{OpenElm, OpenElmConfig};
 use tch::{nn, Device};
 
 fn model() -> (nn::VarStore, OpenElm) {
-    let config = OpenElmConfig {
-        vocab_size: 101,
-        num_transformer_layers: 3,
-        model_dim: 48,
-        head_dim: 8,
-        qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
-        num_gqa_groups: 2,
-        ffn_multipliers: Multiplier::Range(vec![0.5, 2.0]),
-        ffn_dim_divisor: 8,
-        normalize_qk_projections: true,
-        share_input_output_layers: true,
-        ..OpenElmConfig::default()
-    };
+    let config = OpenElmConfig::miniature(101, 3, 48, 8);
     let vs = nn::VarStore::new(Device::Cpu);
     let m = OpenElm::new(&vs.root(), &config).expect("valid");
     (vs, m)

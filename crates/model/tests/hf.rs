@@ -2,23 +2,11 @@
 //! a config whose stored lists disagree with its multipliers is rejected naming the field.
 
 use corenet_model::hf::{export_hf, hf_config, read_hf_config};
-use corenet_model::{Multiplier, OpenElm, OpenElmConfig};
+use corenet_model::{OpenElm, OpenElmConfig};
 use tch::{nn, Device};
 
 fn tiny() -> OpenElmConfig {
-    OpenElmConfig {
-        vocab_size: 61,
-        num_transformer_layers: 3,
-        model_dim: 32,
-        head_dim: 8,
-        qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
-        num_gqa_groups: 2,
-        ffn_multipliers: Multiplier::Range(vec![0.5, 2.0]),
-        ffn_dim_divisor: 8,
-        normalize_qk_projections: true,
-        share_input_output_layers: true,
-        ..OpenElmConfig::default()
-    }
+    OpenElmConfig::miniature(61, 3, 32, 8)
 }
 
 fn model(config: &OpenElmConfig) -> (nn::VarStore, OpenElm) {

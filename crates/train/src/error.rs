@@ -117,6 +117,23 @@ pub enum Error {
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
 
+    /// A line of an evaluation task file is not a JSON object (`line` counts from 1).
+    #[error("{path} line {line}: {message}")]
+    EvalLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    /// A field of an evaluation task item is missing or malformed (`line` counts from 1).
+    #[error("{path} line {line}: field `{field}`: {message}")]
+    EvalField {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
+
     /// A multi-tensor kernel of the C++ shim (`_fused_adamw_`, `_foreach_norm`) failed.
     #[error("{op}: {message}")]
     Fused { op: String, message: String },

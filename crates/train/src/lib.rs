@@ -4,10 +4,12 @@
 //! - [`tensorboard`]: a small TensorBoard event-file writer and a verifying reader.
 //! - [`checkpoint_store`]: atomic, checksummed, pruned checkpoint directories.
 //! - [`metrics`]: JSONL metrics sink, throughput/ETA and MFU.
+//! - [`eval`]: perplexity on a held-out shard and lm-eval-harness style zero-shot multiple choice.
 //! - [`overrides`]: `--set a.b.c=value` on a value tree, and deserialization that names key paths.
 
 pub mod checkpoint_store;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod overrides;
 pub mod schedule;

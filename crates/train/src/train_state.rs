@@ -16,7 +16,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
 /// The model's config (CoreNet field names), so a checkpoint can be exported or loaded alone.
-pub const MODEL_CONFIG_FILE: &str = "model_config.json";
+pub const MODEL_CONFIG_FILE: &str = corenet_model::pretrained::MODEL_CONFIG_FILE;
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -66,6 +66,10 @@ pub struct TrainOptions {
     /// When a checkpoint's data-stream positions cannot be restored on this world size, start
     /// the data stream afresh (model, optimizer and counters still resume) instead of failing.
     pub restart_data: bool,
+    /// Start a fresh run from existing weights: an HF OpenELM folder (single or sharded
+    /// safetensors) or a corenet checkpoint directory, whose architecture must be the recipe's
+    /// (the vocabulary may differ: rows are resized). Ignored when the run resumes.
+    pub init_from: Option<PathBuf>,
 }
 
 /// How long collectives wait for a peer unless [`TrainOptions::dist_timeout`] says otherwise.
@@ -164,7 +168,20 @@ impl Trainer {
         if let Some(dp) = &dp {
             dp.check_recipe_hash(&recipe_hash)?;
         }
+        let store = CheckpointStore::new(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)?;
+        let resume_dir = match &dp {
+            None => resolve_resume(&store, &options.resume)?,
+            Some(dp) => agree_resume(dp, &store, &options.resume)?,
+        };
         let (vs, model) = build_model(&recipe, device)?;
+        match (&options.init_from, &resume_dir) {
+            (Some(init), Some(dir)) => {
+                tracing::info!(init_from = %init.display(), checkpoint = %dir.display(), "resuming this run's checkpoint; --init-from is ignored");
+            }
+            // Every rank may load; the broadcast below keeps them equal either way.
+            (Some(init), None) => corenet_model::pretrained::load_pretrained(&model, init)?,
+            (None, _) => {}
+        }
         if let Some(dp) = &dp {
             // Same seed, same weights in principle; the broadcast makes it so regardless of
             // the platform's RNG, before the optimizer copies f32 masters from them.
@@ -177,11 +194,6 @@ impl Trainer {
             dp.as_ref(),
         )?;
         let schedule = Schedule::new(&recipe.schedule)?;
-        let store = CheckpointStore::new(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)?;
-        let resume_dir = match &dp {
-            None => resolve_resume(&store, &options.resume)?,
-            Some(dp) => agree_resume(dp, &store, &options.resume)?,
-        };
         let restored = match &resume_dir {
             Some(dir) => {
                 let state = read_checkpoint(dir, &model, &mut optim)?;

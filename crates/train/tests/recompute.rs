@@ -1,25 +1,13 @@
 //! Activation checkpointing gives the same loss and gradients as the plain backward.
 
-use corenet_model::{Multiplier, OpenElm, OpenElmConfig};
 use std::sync::Mutex;
 
+use corenet_model::{OpenElm, OpenElmConfig};
 use corenet_train::recompute::{forward_backward, forward_backward_staged, LossSpec, Stage};
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny() -> OpenElmConfig {
-    OpenElmConfig {
-        vocab_size: 50,
-        num_transformer_layers: 3,
-        model_dim: 32,
-        head_dim: 8,
-        qkv_multipliers: Multiplier::Range(vec![0.5, 1.0]),
-        num_gqa_groups: 2,
-        ffn_multipliers: Multiplier::Range(vec![0.5, 2.0]),
-        ffn_dim_divisor: 8,
-        normalize_qk_projections: true,
-        share_input_output_layers: true,
-        ..OpenElmConfig::default()
-    }
+    OpenElmConfig::miniature(50, 3, 32, 8)
 }
 
 /// libtorch's generator is process-wide and tests run in parallel threads.

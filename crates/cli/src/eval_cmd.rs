@@ -1,0 +1,187 @@
+//! `corenet eval`: perplexity of a model on a held-out shard, and zero-shot multiple-choice
+//! tasks scored as lm-evaluation-harness does (docs/evaluation.md).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use corenet_data::TextTokenizer;
+use corenet_model::OpenElm;
+use corenet_train::eval::{
+    check_tokenizer, evaluate, load_docs, perplexity, ModelScorer, PerplexityOptions, Task,
+};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Tokens, mean NLL and perplexity on a shard (parquet, jsonl, jsonl.zst, json.gz), packed
+    /// into windows of the model's context.
+    Perplexity(PerplexityArgs),
+    /// Zero-shot multiple choice (arc_easy, arc_challenge, boolq, hellaswag, piqa, sciq,
+    /// winogrande): acc and acc_norm as lm-evaluation-harness computes them.
+    Tasks(TasksArgs),
+}
+
+/// The model and tokenizer every evaluation needs.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A corenet checkpoint directory (model.safetensors + model_config.json) or an HF OpenELM
+    /// folder (config.json + model.safetensors or a sharded index).
+    model: PathBuf,
+    /// tokenizer.json or a SentencePiece tokenizer.model.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The held-out shard.
+    #[arg(long)]
+    data: PathBuf,
+    /// Window length in tokens (default: the model's max_context_length).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// JSON key (dotted) or parquet column holding the text.
+    #[arg(long, default_value = "text")]
+    text_key: String,
+    /// Read at most this many documents.
+    #[arg(long)]
+    max_documents: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// NAME=PATH of a task's jsonl file, e.g. `--task arc_easy=ARC-Easy-test.jsonl` (repeatable).
+    #[arg(long = "task", value_name = "NAME=PATH", required = true)]
+    tasks: Vec<String>,
+    /// Context length in tokens; longer requests are left-truncated (default: the model's
+    /// max_context_length).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Score only the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Do not prepend BOS to contexts (OpenELM's published numbers use it).
+    #[arg(long)]
+    no_bos: bool,
+}
+
+pub fn run(command: EvalCommand) -> anyhow::Result<()> {
+    match command {
+        EvalCommand::Perplexity(args) => run_perplexity(&args),
+        EvalCommand::Tasks(args) => run_tasks(&args),
+    }
+}
+
+fn load(
+    args: &ModelArgs,
+) -> anyhow::Result<(
+    tch::nn::VarStore,
+    OpenElm,
+    std::sync::Arc<dyn TextTokenizer>,
+)> {
+    let (vs, model) =
+        corenet_model::pretrained::open(&args.model, tch::Device::cuda_if_available())
+            .with_context(|| format!("loading {}", args.model.display()))?;
+    let tokenizer = corenet_data::load_tokenizer(&args.tokenizer)?;
+    check_tokenizer(tokenizer.as_ref(), model.config())
+        .with_context(|| format!("{}", args.tokenizer.display()))?;
+    Ok((vs, model, tokenizer))
+}
+
+fn run_perplexity(args: &PerplexityArgs) -> anyhow::Result<()> {
+    let (_vs, model, tokenizer) = load(&args.model)?;
+    let options = PerplexityOptions {
+        seq_len: args.seq_len.unwrap_or(model.config().max_context_length),
+        batch_size: args.model.batch_size,
+        text_key: args.text_key.clone(),
+        max_documents: args.max_documents,
+    };
+    let report = perplexity(&model, tokenizer.as_ref(), &args.data, &options)?;
+    if args.model.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{:<40} {:>10} {:>12} {:>10} {:>12}",
+            "data", "documents", "tokens", "mean_nll", "perplexity"
+        );
+        println!(
+            "{:<40} {:>10} {:>12} {:>10.4} {:>12.4}",
+            report.path.display(),
+            report.documents,
+            report.tokens,
+            report.mean_nll,
+            report.perplexity
+        );
+    }
+    Ok(())
+}
+
+fn parse_task(spec: &str) -> anyhow::Result<(Task, &Path)> {
+    let Some((name, path)) = spec.split_once('=') else {
+        bail!("--task {spec}: expected NAME=PATH");
+    };
+    Ok((Task::from_name(name)?, Path::new(path)))
+}
+
+fn run_tasks(args: &TasksArgs) -> anyhow::Result<()> {
+    let tasks = args
+        .tasks
+        .iter()
+        .map(|s| parse_task(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (_vs, model, tokenizer) = load(&args.model)?;
+    let mut scorer = ModelScorer {
+        model: &model,
+        tokenizer: tokenizer.as_ref(),
+        batch_size: args.model.batch_size,
+        max_length: args.max_length.unwrap_or(model.config().max_context_length),
+        add_bos: !args.no_bos,
+    };
+    let mut results = Vec::new();
+    for (task, path) in tasks {
+        let mut docs = load_docs(task, path)?;
+        if let Some(limit) = args.limit {
+            docs.truncate(limit);
+        }
+        let result = evaluate(task, &docs, &mut scorer)?;
+        tracing::info!(
+            task = task.name(),
+            n = result.n,
+            acc = result.acc,
+            "task scored"
+        );
+        results.push(result);
+    }
+    if args.model.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    let pct = |v: Option<f64>, e: Option<f64>| match (v, e) {
+        (Some(v), Some(e)) => format!("{:.2} ± {:.2}", 100.0 * v, 100.0 * e),
+        _ => "-".into(),
+    };
+    println!(
+        "{:<14} {:>6} {:>16} {:>16}",
+        "task", "n", "acc (%)", "acc_norm (%)"
+    );
+    for r in &results {
+        println!(
+            "{:<14} {:>6} {:>16} {:>16}",
+            r.task,
+            r.n,
+            pct(Some(r.acc), Some(r.acc_stderr)),
+            pct(r.acc_norm, r.acc_norm_stderr)
+        );
+    }
+    Ok(())
+}

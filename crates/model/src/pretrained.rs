@@ -1,0 +1,247 @@
+//! Existing weights in a folder: a Hugging Face OpenELM folder (`config.json` with
+//! `model.safetensors`, or `model.safetensors.index.json` naming several shard files, as Apple's
+//! 3B has) or a corenet checkpoint directory (`model.safetensors` with `model_config.json`).
+//!
+//! [`load_pretrained`] copies such weights into a model built from a recipe: the architectures
+//! must agree (the error names the first field that differs), except for the vocabulary, whose
+//! embedding rows are resized as CoreNet's 32128-row training embedding relates to the 32000 rows
+//! of the HF release: the shared rows are copied, extra rows of the model keep their fresh
+//! initialisation (CoreNet draws every row, the pad row included, from N(0, d^-0.5); ids past the
+//! tokenizer's never occur in the data), extra rows of the file are dropped.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+use tch::{nn, Device, Tensor};
+
+use crate::config::OpenElmConfig;
+use crate::error::{Error, Result};
+use crate::hf::{read_hf_config, CONFIG_FILE, WEIGHTS_FILE};
+use crate::openelm::OpenElm;
+use crate::weights::{read_file, tensor_from_view};
+
+/// The model config a corenet checkpoint stores next to `model.safetensors` (CoreNet names).
+pub const MODEL_CONFIG_FILE: &str = "model_config.json";
+/// HF's index of a sharded checkpoint: `{"weight_map": {tensor name: shard file}}`.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Tensors whose first dimension is the vocabulary.
+const VOCAB_TENSORS: [&str; 2] = ["transformer.token_embeddings.weight", "lm_head.weight"];
+
+/// The model config of a folder: `config.json` (HF) or else `model_config.json` (corenet).
+pub fn read_folder_config(dir: &Path) -> Result<OpenElmConfig> {
+    if dir.join(CONFIG_FILE).is_file() {
+        return read_hf_config(dir);
+    }
+    let path = dir.join(MODEL_CONFIG_FILE);
+    if !path.is_file() {
+        return Err(Error::config(
+            "init_from",
+            format!(
+                "{} has neither {CONFIG_FILE} (HF OpenELM) nor {MODEL_CONFIG_FILE} (corenet checkpoint)",
+                dir.display()
+            ),
+        ));
+    }
+    let text = read_file(&path)?;
+    let config: OpenElmConfig = serde_json::from_slice(&text)
+        .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The safetensors files holding a folder's weights: the shards its index names (each once, in
+/// name order), or the single `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX_FILE);
+    if !index.is_file() {
+        return Ok(vec![dir.join(WEIGHTS_FILE)]);
+    }
+    let bad = |message: String| Error::config(index.display().to_string(), message);
+    let value: Value =
+        serde_json::from_slice(&read_file(&index)?).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut files = BTreeSet::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| !f.is_empty() && !f.contains('/'))
+            .ok_or_else(|| {
+                bad(format!(
+                    "`weight_map.{name}` is not a file name in the folder"
+                ))
+            })?;
+        files.insert(file.to_string());
+    }
+    if files.is_empty() {
+        return Err(bad("`weight_map` is empty".into()));
+    }
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Builds a model with the folder's own config on `device` and loads its weights exactly.
+pub fn open(dir: &Path, device: Device) -> Result<(nn::VarStore, OpenElm)> {
+    let config = read_folder_config(dir)?;
+    let vs = nn::VarStore::new(device);
+    let model = OpenElm::new(&vs.root(), &config)?;
+    load_pretrained(&model, dir)?;
+    Ok((vs, model))
+}
+
+/// Checks that the folder's architecture is `model`'s, then copies every tensor (converted to
+/// the parameter's dtype and device), resizing the vocabulary rows if the sizes differ.
+pub fn load_pretrained(model: &OpenElm, dir: &Path) -> Result<()> {
+    let folder = read_folder_config(dir)?;
+    check_architecture(&folder, model.config(), dir)?;
+    let files = weight_files(dir)?;
+    copy_tensors(model, &files, true)?;
+    let (from, to) = (folder.vocab_size, model.config().vocab_size);
+    if from != to {
+        tracing::info!(
+            dir = %dir.display(),
+            from,
+            to,
+            copied = from.min(to),
+            "resized the vocabulary: shared rows copied, {}",
+            if to > from { "extra rows keep their initialisation" } else { "extra rows of the file dropped" }
+        );
+    }
+    tracing::info!(dir = %dir.display(), files = files.len(), "loaded pretrained weights");
+    Ok(())
+}
+
+/// The architecture fields that must agree, as text: every field except the vocabulary size
+/// (resized on load), `max_context_length` (stored, unused by the model) and `padding_index` (a
+/// training choice). Multipliers are stored as per-layer lists by HF and as ranges by recipes,
+/// so what they resolve to is compared.
+fn architecture(c: &OpenElmConfig) -> Result<Vec<(&'static str, String)>> {
+    let layers = c.layers()?;
+    let per_layer = |f: fn(&crate::scaling::LayerDims) -> usize| {
+        format!("{:?}", layers.iter().map(f).collect::<Vec<_>>())
+    };
+    Ok(vec![
+        (
+            "num_transformer_layers",
+            c.num_transformer_layers.to_string(),
+        ),
+        ("model_dim", c.model_dim.to_string()),
+        ("head_dim", c.head_dim.to_string()),
+        ("num_gqa_groups", c.num_gqa_groups.to_string()),
+        ("num_query_heads", per_layer(|l| l.query_heads)),
+        ("num_kv_heads", per_layer(|l| l.kv_heads)),
+        ("ffn_multipliers (FFN widths)", per_layer(|l| l.ffn_dim)),
+        ("ffn_with_glu", c.ffn_with_glu.to_string()),
+        (
+            "normalize_qk_projections",
+            c.normalize_qk_projections.to_string(),
+        ),
+        (
+            "share_input_output_layers",
+            c.share_input_output_layers.to_string(),
+        ),
+        ("rope_freq_constant", c.rope_freq_constant.to_string()),
+        ("rope_max_length", c.rope_max_length.to_string()),
+    ])
+}
+
+/// The first architecture field in which the folder's config differs from the model's.
+fn check_architecture(folder: &OpenElmConfig, model: &OpenElmConfig, dir: &Path) -> Result<()> {
+    for ((field, f), (_, m)) in architecture(folder)?.into_iter().zip(architecture(model)?) {
+        if f != m {
+            return Err(Error::ArchitectureMismatch {
+                path: dir.to_path_buf(),
+                field: field.to_string(),
+                folder: f,
+                model: m,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Copies the tensors of `files` into `model`'s parameters; every parameter must be found
+/// exactly once and every tensor must be a parameter. With `resize_vocab`, vocabulary tensors
+/// may differ in rows.
+pub(crate) fn copy_tensors(model: &OpenElm, files: &[PathBuf], resize_vocab: bool) -> Result<()> {
+    let params: HashMap<String, Tensor> = model.named_parameters().into_iter().collect();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        // One shard in memory at a time.
+        let bytes = read_file(path)?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::SafeTensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        for (name, view) in file.tensors() {
+            let param = params.get(&name).ok_or_else(|| Error::UnexpectedTensor {
+                path: path.clone(),
+                name: name.clone(),
+            })?;
+            if let Some(first) = seen.insert(name.clone(), path.clone()) {
+                return Err(Error::SafeTensors {
+                    path: path.clone(),
+                    message: format!("tensor `{name}` is also in {}", first.display()),
+                });
+            }
+            let source = tensor_from_view(path, &name, &view)?;
+            let source = fit_rows(path, &name, param, source, resize_vocab)?;
+            copy_into(param, &source)?;
+        }
+    }
+    let mut names: Vec<&String> = params.keys().collect();
+    names.sort();
+    if let Some(missing) = names.into_iter().find(|n| !seen.contains_key(*n)) {
+        return Err(Error::MissingTensor {
+            path: files.first().cloned().unwrap_or_default(),
+            name: missing.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `source` shaped like `param`: the same shape, or for a vocabulary tensor (V', C) against
+/// (V, C) the shared min(V, V') rows written over a copy of `param`'s current rows.
+fn fit_rows(
+    path: &Path,
+    name: &str,
+    param: &Tensor,
+    source: Tensor,
+    resize_vocab: bool,
+) -> Result<Tensor> {
+    let (want, found) = (param.size(), source.size());
+    if want == found {
+        return Ok(source);
+    }
+    let resizable =
+        resize_vocab && VOCAB_TENSORS.contains(&name) && want.len() == 2 && found.len() == 2;
+    if !resizable || want[1] != found[1] {
+        return Err(Error::ShapeMismatch {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            expected: want,
+            found,
+        });
+    }
+    let rows = want[0].min(found[0]);
+    let merged = param.detach().to_device(Device::Cpu).to_kind(source.kind()); // (V, C)
+    tch::no_grad(|| {
+        merged
+            .narrow(0, 0, rows)
+            .f_copy_(&source.narrow(0, 0, rows))
+    })?;
+    Ok(merged)
+}
+
+/// Writes `source` (same shape) into `param`, converting dtype and device.
+fn copy_into(param: &Tensor, source: &Tensor) -> Result<()> {
+    tch::no_grad(|| {
+        let mut target = param.shallow_clone();
+        target.f_copy_(&source.to_kind(param.kind()).to_device(param.device()))
+    })?;
+    Ok(())
+}
