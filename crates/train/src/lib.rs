@@ -5,11 +5,17 @@
 //! - [`checkpoint_store`]: atomic, checksummed, pruned checkpoint directories.
 //! - [`metrics`]: JSONL metrics sink, throughput/ETA and MFU.
 //! - [`overrides`]: `--set a.b.c=value` on a value tree, and deserialization that names key paths.
+//! - [`plan`]: parameters, tokens, FLOPs, memory per GPU and GPU-hours of a recipe, no model built.
+//! - [`dry_run`]: every check of a run plus one optimizer step, nothing written.
+//! - [`corenet_config`]: CoreNet's own YAML mapped onto a recipe.
 
 pub mod checkpoint_store;
+pub mod corenet_config;
+pub mod dry_run;
 pub mod error;
 pub mod metrics;
 pub mod overrides;
+pub mod plan;
 pub mod schedule;
 pub mod tensorboard;
 
