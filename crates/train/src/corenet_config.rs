@@ -132,12 +132,11 @@ fn data_section(keys: &mut Keys) -> Result<Value> {
     const LM: &str = "dataset.language_modeling";
     const SP: &str = "text_tokenizer.sentence_piece";
     for flag in ["append_sot_token", "append_eot_token"] {
-        if keys.boolean(&format!("{SP}.{flag}"))? == Some(false) {
-            return Err(Error::config(
-                format!("{SP}.{flag}"),
-                "false is not supported (corenet-rs always adds BOS and EOS to each piece)",
-            ));
-        }
+        keys.refuse_flag(
+            &format!("{SP}.{flag}"),
+            false,
+            " (corenet-rs always adds BOS and EOS to each piece)",
+        )?;
     }
     let tokenizer = keys.string(&format!("{SP}.model_path"))?.ok_or_else(|| {
         Error::config(
@@ -186,12 +185,14 @@ fn data_section(keys: &mut Keys) -> Result<Value> {
 fn sources(keys: &mut Keys, key: &str) -> Result<Value> {
     let entries = match keys.take(key) {
         Some(Value::Array(entries)) if !entries.is_empty() => entries,
-        Some(other) => return Err(Error::config(
-            key,
-            format!(
+        Some(other) => {
+            return Err(Error::config(
+                key,
+                format!(
                 "expected a non-empty list of {{file_name, text_key, file_id_range}}, got {other}"
             ),
-        )),
+            ))
+        }
         None => return Err(Error::config(key, "missing (the list of training shards)")),
     };
     let mut names = BTreeSet::new();
@@ -286,28 +287,13 @@ fn source_name(pattern: &str) -> String {
 }
 
 fn optimizer_section(keys: &mut Keys) -> Result<Value> {
-    match keys.string("optim.name")? {
-        Some(name) if name == "adamw" => {}
-        Some(name) => {
-            return Err(Error::config(
-                "optim.name",
-                format!("`{name}` is not supported (supported: adamw)"),
-            ))
-        }
-        None => return Err(Error::config("optim.name", "missing (supported: adamw)")),
-    }
-    if keys.boolean("optim.adamw.amsgrad")? == Some(true) {
-        return Err(Error::config(
-            "optim.adamw.amsgrad",
-            "true is not supported",
-        ));
-    }
-    if keys.boolean("optim.no_decay_bn_filter_bias")? == Some(false) {
-        return Err(Error::config(
-            "optim.no_decay_bn_filter_bias",
-            "false is not supported (norm weights are never decayed)",
-        ));
-    }
+    keys.require_one_of("optim.name", &["adamw"])?;
+    keys.refuse_flag("optim.adamw.amsgrad", true, "")?;
+    keys.refuse_flag(
+        "optim.no_decay_bn_filter_bias",
+        false,
+        " (norm weights are never decayed)",
+    )?;
     let mut optim = Map::new();
     for (ours, theirs) in [
         ("beta1", "optim.adamw.beta1"),
@@ -325,27 +311,12 @@ fn optimizer_section(keys: &mut Keys) -> Result<Value> {
 }
 
 fn schedule_section(keys: &mut Keys) -> Result<Value> {
-    match keys.string("scheduler.name")? {
-        Some(name) if name == "cosine" => {}
-        Some(name) => {
-            return Err(Error::config(
-                "scheduler.name",
-                format!("`{name}` is not supported (supported: cosine)"),
-            ))
-        }
-        None => {
-            return Err(Error::config(
-                "scheduler.name",
-                "missing (supported: cosine)",
-            ))
-        }
-    }
-    if keys.boolean("scheduler.is_iteration_based")? == Some(false) {
-        return Err(Error::config(
-            "scheduler.is_iteration_based",
-            "false is not supported (schedules are iteration based)",
-        ));
-    }
+    keys.require_one_of("scheduler.name", &["cosine"])?;
+    keys.refuse_flag(
+        "scheduler.is_iteration_based",
+        false,
+        " (schedules are iteration based)",
+    )?;
     let max_lr = keys
         .number("scheduler.cosine.max_lr")?
         .ok_or_else(|| Error::config("scheduler.cosine.max_lr", "missing"))?;
@@ -588,6 +559,28 @@ impl Keys {
     /// Reads an integer without marking it used (it is mapped elsewhere).
     fn peek_int(&self, key: &str) -> Option<i64> {
         self.flat.get(key).and_then(Value::as_i64)
+    }
+
+    /// A key that must be present and one of `supported`.
+    fn require_one_of(&mut self, key: &str, supported: &[&str]) -> Result<()> {
+        if self.flat.get(key).is_none_or(Value::is_null) {
+            return Err(Error::config(
+                key,
+                format!("missing (supported: {})", supported.join(", ")),
+            ));
+        }
+        self.expect_one_of(key, supported)
+    }
+
+    /// A boolean key that, when present, must not be `refused`; `why` ends the message.
+    fn refuse_flag(&mut self, key: &str, refused: bool, why: &str) -> Result<()> {
+        if self.boolean(key)? == Some(refused) {
+            return Err(Error::config(
+                key,
+                format!("{refused} is not supported{why}"),
+            ));
+        }
+        Ok(())
     }
 
     /// A key that, when present, must be one of `supported`.
