@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use corenet_data::read::{self, OpenSpec, Position, ReadItem, Stride};
-use corenet_data::{load_tokenizer, Mode, Source};
+use corenet_data::{load_tokenizer, Source};
 
 use crate::error::{Error, Result};
 use crate::recipe::Recipe;
@@ -41,26 +41,9 @@ pub fn dry_run(recipe: &Recipe, world_size: usize) -> Result<DryRunReport> {
     let accumulation = recipe.accumulation(world_size)?;
     recipe.validate_files()?;
     let sources = check_shards(recipe)?;
+    // Loaded here for the report; `Trainer::new` checks its ids and pad id against the model.
     let tokenizer = load_tokenizer(&recipe.data.tokenizer)?;
     let (tokenizer_vocab, model_vocab) = (tokenizer.vocab_size(), recipe.model.vocab_size);
-    if tokenizer_vocab > model_vocab {
-        return Err(Error::config(
-            "model.vocab_size",
-            format!(
-                "{model_vocab} is smaller than the tokenizer's {tokenizer_vocab} ids ({})",
-                recipe.data.tokenizer.display()
-            ),
-        ));
-    }
-    if recipe.data.mode == Mode::Corenet && tokenizer.pad_id() as usize >= model_vocab {
-        return Err(Error::config(
-            "model.vocab_size",
-            format!(
-                "corenet mode pads with id {}, outside the model's {model_vocab} rows",
-                tokenizer.pad_id()
-            ),
-        ));
-    }
     let mut recipe = recipe.clone();
     // A non-finite step must be reported, not answered with a "last good state" checkpoint.
     recipe.trainer.max_bad_steps = u32::MAX;
