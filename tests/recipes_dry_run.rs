@@ -194,3 +194,39 @@ fn dry_run_names_a_missing_shard_and_a_bad_batch_split() {
         "{stderr}"
     );
 }
+
+#[test]
+fn dry_run_loads_a_sentencepiece_model_and_checks_it_against_the_vocabulary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let recipe = workspace_root().join("recipes/openelm-270M.yaml");
+    let run_dir = dir.path().join("runs/spm");
+    // 512 SentencePiece pieces; the pad id is 512, as LLaMA's is 32000.
+    let spm = workspace_root().join("crates/data/tests/fixtures/spm_bpe.model");
+    let mut sets = shrink(&recipe, dir.path(), &run_dir);
+    sets.push(format!("data.tokenizer={}", spm.display()));
+    sets.push("model.vocab_size=640".into());
+    let out = dry_run(&recipe, dir.path(), &sets, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tokenizer: 512 ids, model vocabulary 640"),
+        "{stdout}"
+    );
+    assert!(loss(&stdout).is_finite());
+
+    // The pad id 512 needs a 513th embedding row.
+    sets.push("model.vocab_size=512".into());
+    let out = dry_run(&recipe, dir.path(), &sets, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("model.vocab_size") && stderr.contains("pads with id 512"),
+        "{stderr}"
+    );
+    assert!(!run_dir.exists());
+}
