@@ -9,6 +9,8 @@ mod generate_cmd;
 mod launch_cmd;
 mod model_cmd;
 mod number;
+mod plan_cmd;
+mod recipe_input;
 mod tokenizer_cmd;
 mod train_cmd;
 
@@ -40,6 +42,9 @@ enum Command {
     },
     /// Train from a recipe (YAML); resumable with --resume auto.
     Train(train_cmd::TrainArgs),
+    /// Plan a run without building the model: parameters, tokens, FLOPs, memory per GPU,
+    /// whether it fits, and GPU-hours at a given MFU.
+    Plan(plan_cmd::PlanArgs),
     /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
     Launch(launch_cmd::LaunchArgs),
     /// Work with checkpoints.
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Eval { command } => eval_cmd::run(command),
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args),
         Command::Checkpoint { command } => checkpoint_cmd::run(command),
         Command::Model { command } => model_cmd::run(command),
         Command::Data { command } => data_cmd::run(command),

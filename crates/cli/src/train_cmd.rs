@@ -1,6 +1,7 @@
 //! `corenet train RECIPE [--set k=v]… [--resume auto|PATH] [--init-from PATH]`. Under a launcher (torchrun,
 //! `corenet launch`, srun) the RANK/WORLD_SIZE/… or SLURM_* variables make it one rank of a
-//! data-parallel run.
+//! data-parallel run. `--corenet-config FILE` reads CoreNet's YAML instead of a recipe;
+//! `--dry-run` checks everything and takes one optimizer step without writing anything.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -10,16 +11,24 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use corenet_train::dist::DistEnv;
-use corenet_train::overrides::Override;
-use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
+use corenet_train::dry_run::dry_run;
+use corenet_train::{Resume, TrainOptions, Trainer};
+
+use crate::recipe_input::RecipeInput;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// The recipe (YAML).
-    recipe: PathBuf,
-    /// Override a recipe key, e.g. `--set trainer.steps=100` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    input: RecipeInput,
+    /// Check the recipe, every shard, the tokenizer and the batch arithmetic, then take one
+    /// optimizer step on one micro-batch and print its loss; writes nothing into the run
+    /// directory.
+    #[arg(long)]
+    dry_run: bool,
+    /// Dry runs: the world size to check the batch arithmetic for (default: the launcher's
+    /// WORLD_SIZE, else 1).
+    #[arg(long, requires = "dry_run")]
+    world_size: Option<usize>,
     /// `auto` (newest checkpoint that verifies, else fresh), `none` (fresh; refused if the run
     /// directory already has checkpoints) or a checkpoint directory.
     #[arg(long, default_value = "auto")]
@@ -61,14 +70,30 @@ fn install_signal_handlers(stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let overrides = args
-        .sets
-        .iter()
-        .map(|s| Override::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let recipe = Recipe::load(&args.recipe, &overrides)
-        .with_context(|| format!("recipe {}", args.recipe.display()))?;
     let env = DistEnv::from_env().context("reading the launcher environment")?;
+    let launcher_world = env.as_ref().map(|e| e.world_size);
+    let recipe = args.input.load(args.world_size.or(launcher_world))?;
+    if args.dry_run {
+        let world = args.world_size.or(launcher_world).unwrap_or(1);
+        let report = dry_run(&recipe, world)
+            .with_context(|| format!("dry run of {}", args.input.path().display()))?;
+        for (name, files) in &report.sources {
+            println!("source {name}: {files} shard(s) readable");
+        }
+        println!(
+            "tokenizer: {} ids, model vocabulary {}",
+            report.tokenizer_vocab, report.model_vocab
+        );
+        println!(
+            "batch: {} sequences = {} micro-batch(es) of {} × {} rank(s)",
+            recipe.trainer.global_batch,
+            report.accumulation,
+            recipe.trainer.micro_batch,
+            report.world_size
+        );
+        println!("dry run ok: one optimizer step, loss {:.4}", report.loss);
+        return Ok(());
+    }
     if args.dist_timeout == 0 {
         anyhow::bail!("--dist-timeout must be at least 1 second");
     }

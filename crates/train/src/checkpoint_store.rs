@@ -90,6 +90,15 @@ impl CheckpointStore {
         Ok(Self { root, keep_last })
     }
 
+    /// A store at `root` that does not create the directory: dry runs never save (a save
+    /// through it fails unless the directory exists by then).
+    pub fn unopened(root: impl Into<PathBuf>, keep_last: usize) -> Self {
+        Self {
+            root: root.into(),
+            keep_last,
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

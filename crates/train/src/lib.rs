@@ -6,12 +6,18 @@
 //! - [`metrics`]: JSONL metrics sink, throughput/ETA and MFU.
 //! - [`eval`]: perplexity on a held-out shard and lm-eval-harness style zero-shot multiple choice.
 //! - [`overrides`]: `--set a.b.c=value` on a value tree, and deserialization that names key paths.
+//! - [`plan`]: parameters, tokens, FLOPs, memory per GPU and GPU-hours of a recipe, no model built.
+//! - [`dry_run`]: every check of a run plus one optimizer step, nothing written.
+//! - [`corenet_config`]: CoreNet's own YAML mapped onto a recipe.
 
 pub mod checkpoint_store;
+pub mod corenet_config;
+pub mod dry_run;
 pub mod error;
 pub mod eval;
 pub mod metrics;
 pub mod overrides;
+pub mod plan;
 pub mod schedule;
 pub mod tensorboard;
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{nn, Device, Kind, Tensor};
 
-use corenet_data::{Batch, DataStream, HfTokenizer, Mode, StreamState, TextTokenizer};
+use corenet_data::{load_tokenizer, Batch, DataStream, Mode, StreamState, TextTokenizer};
 use corenet_model::OpenElm;
 
 use crate::checkpoint_store::CheckpointStore;
@@ -70,6 +70,10 @@ pub struct TrainOptions {
     /// safetensors) or a corenet checkpoint directory, whose architecture must be the recipe's
     /// (the vocabulary may differ: rows are resized). Ignored when the run resumes.
     pub init_from: Option<PathBuf>,
+    /// `corenet train --dry-run`: one micro-batch per step instead of the accumulation loop,
+    /// no resume, and nothing written into the run directory (no recipe.yaml, metrics,
+    /// TensorBoard or checkpoint directory). Driven by [`crate::dry_run`].
+    pub dry_run: bool,
 }
 
 /// How long collectives wait for a peer unless [`TrainOptions::dist_timeout`] says otherwise.
@@ -147,8 +151,10 @@ impl Trainer {
         };
         let accumulation = recipe.accumulation(world)?;
         recipe.validate_files()?;
-        let tokenizer = HfTokenizer::from_file(&recipe.data.tokenizer)?;
-        let pad_id = check_vocab(&recipe, &tokenizer)?;
+        // Dry runs take one micro-batch per step (the arithmetic above was still checked).
+        let accumulation = if options.dry_run { 1 } else { accumulation };
+        let tokenizer = load_tokenizer(&recipe.data.tokenizer)?;
+        let pad_id = check_vocab(&recipe, tokenizer.as_ref())?;
         if let Some(threads) = recipe.trainer.threads {
             tch::set_num_threads(threads as i32);
         }
@@ -168,8 +174,13 @@ impl Trainer {
         if let Some(dp) = &dp {
             dp.check_recipe_hash(&recipe_hash)?;
         }
-        let store = CheckpointStore::new(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)?;
+        let store = if options.dry_run {
+            CheckpointStore::unopened(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)
+        } else {
+            CheckpointStore::new(recipe.checkpoint_dir(), recipe.checkpoint.keep_last)?
+        };
         let resume_dir = match &dp {
+            _ if options.dry_run => None,
             None => resolve_resume(&store, &options.resume)?,
             Some(dp) => agree_resume(dp, &store, &options.resume)?,
         };
@@ -230,7 +241,7 @@ impl Trainer {
         state.data = data.state().clone();
         state.data_ranks.clear();
         let last_saved = resume_dir.as_ref().map(|_| state.step);
-        let (metrics, tensorboard) = if rank == 0 {
+        let (metrics, tensorboard) = if rank == 0 && !options.dry_run {
             let log_dir = recipe.log_dir();
             std::fs::create_dir_all(&log_dir).map_err(|e| Error::io("create", &log_dir, e))?;
             std::fs::write(log_dir.join("recipe.yaml"), recipe.to_yaml()?)
@@ -301,6 +312,12 @@ impl Trainer {
 
     pub fn state(&self) -> &TrainState {
         &self.state
+    }
+
+    /// One optimizer step as `train` takes it (on one micro-batch in a dry run); returns the
+    /// step's loss. Writes nothing; `train` is what logs and checkpoints.
+    pub fn step_once(&mut self) -> Result<f64> {
+        Ok(self.train_step()?.loss)
     }
 
     /// Runs until the recipe's step budget (or `stop_at`, or a stop request).
@@ -644,7 +661,7 @@ impl Trainer {
 }
 
 /// The tokenizer's ids must fit the model's vocabulary; returns the pad id (ignored by the loss).
-fn check_vocab(recipe: &Recipe, tokenizer: &HfTokenizer) -> Result<i64> {
+fn check_vocab(recipe: &Recipe, tokenizer: &dyn TextTokenizer) -> Result<i64> {
     let vocab = recipe.model.vocab_size;
     if tokenizer.vocab_size() > vocab {
         return Err(Error::config(
