@@ -60,6 +60,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn independent_pytorch_reader_matches_exported_logits() {
     let Some(python) = reference_python() else {
+        assert!(
+            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+            "no .venv-ref with torch + safetensors, and CORENET_REQUIRE_REFERENCE is set"
+        );
         eprintln!("skipped: no .venv-ref with torch + safetensors (scripts/setup.sh --reference)");
         return;
     };

@@ -14,7 +14,7 @@ use crate::sharded_adamw::ShardedAdamW;
 #[derive(Debug)]
 pub enum Optimizer {
     Replicated(AdamW),
-    Sharded(ShardedAdamW),
+    Sharded(Box<ShardedAdamW>),
 }
 
 impl Optimizer {
@@ -26,12 +26,12 @@ impl Optimizer {
         dp: Option<&DataParallel>,
     ) -> Result<Self> {
         match dp {
-            Some(dp) if sharded => Ok(Optimizer::Sharded(ShardedAdamW::new(
+            Some(dp) if sharded => Ok(Optimizer::Sharded(Box::new(ShardedAdamW::new(
                 named,
                 config,
                 dp.rank(),
                 dp.world_size(),
-            )?)),
+            )?))),
             _ => Ok(Optimizer::Replicated(AdamW::new(named, config)?)),
         }
     }
