@@ -549,7 +549,7 @@ impl Trainer {
             mfu: self
                 .peak_flops
                 .and_then(|peak| mfu(self.flops_per_token, tokens_per_s, peak)),
-            memory: peak_rss_bytes(),
+            memory: crate::device_info::peak_rss_bytes(),
             extras: Default::default(),
         }
         .with_extra("skipped_steps", self.state.skipped_steps)
@@ -859,12 +859,4 @@ fn rank_device(device: Device, env: Option<&DistEnv>) -> Result<Device> {
 fn cuda_name(_index: usize) -> String {
     // tch exposes no device-name query; H100 is what our GPU runs use. Overridable later.
     std::env::var("CORENET_DEVICE_NAME").unwrap_or_else(|_| "H100 SXM".into())
-}
-
-/// Peak resident memory of this process (Linux), for the metrics on CPU.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
