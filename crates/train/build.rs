@@ -74,6 +74,8 @@ fn build_shim() {
                 build.include(dir);
             }
         }
+        // c10::cuda::set_device and friends live in libc10_cuda, which nothing else links.
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
         build
             .define("USE_C10D_NCCL", None)
             .define("USE_CUDA", None)

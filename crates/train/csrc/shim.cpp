@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/headeronly/version.h>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -26,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -370,11 +373,14 @@ char* shim_store_get(void* h, const char* key, uint8_t** out, size_t* out_len) {
 
 // One AdamW step over a parameter group with `at::_fused_adamw_`. `steps` are f32 scalar
 // tensors (one per parameter) holding the number of updates taken so far; they are incremented
-// here first, as PyTorch's Python optimizer does (the kernel itself does not).
+// here first, as PyTorch's Python optimizer does (the kernel itself does not). `found_inf` may
+// be null; otherwise it is an f32 scalar on the parameters' device, and where it holds 1 the
+// kernel leaves every tensor unchanged and the step counts are taken back, so a step with a
+// non-finite loss or gradient is skipped without the host reading anything.
 char* shim_fused_adamw(const void* const* params, const void* const* grads,
                        const void* const* exp_avgs, const void* const* exp_avg_sqs,
                        const void* const* steps, size_t n, double lr, double beta1, double beta2,
-                       double weight_decay, double eps) {
+                       double weight_decay, double eps, const void* found_inf) {
   return guarded([&] {
     if (n == 0) {
       return;
@@ -384,10 +390,17 @@ char* shim_fused_adamw(const void* const* params, const void* const* grads,
     std::vector<at::Tensor> m = tensors(exp_avgs, n);
     std::vector<at::Tensor> v = tensors(exp_avg_sqs, n);
     std::vector<at::Tensor> s = tensors(steps, n);
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) {
+      inf = tensor(found_inf);
+    }
     at::NoGradGuard no_grad;
     at::_foreach_add_(s, 1.0);
     at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, inf);
+    if (inf) {
+      at::_foreach_sub_(s, std::vector<at::Tensor>(n, *inf));
+    }
   });
 }
 
@@ -440,5 +453,32 @@ char* shim_cuda_reset_peak(int device_index) {
         ->resetPeakStats(static_cast<c10::DeviceIndex>(device_index));
   });
 }
+
+// An event recorded on the current stream of `t`'s device (CUDA, or any backend with events)
+// into `*out`, released with `shim_event_free`: it completes when the work queued so far has.
+// The trainer records one after queueing a device-to-host copy, so reading the copy later waits
+// for that copy only, not for the work queued after it.
+char* shim_event_record(const void* t, void** out) {
+  return guarded([&] {
+    *out = nullptr;
+    const c10::Device device = tensor(t).device();
+    const c10::impl::VirtualGuardImpl impl(device.type());
+    auto event = std::make_unique<c10::Event>(device.type());
+    event->record(impl.getStream(device));
+    *out = event.release();
+  });
+}
+
+// Blocks the calling thread until the event has completed.
+char* shim_event_synchronize(void* event) {
+  return guarded([&] {
+    if (event == nullptr) {
+      throw std::invalid_argument("null event");
+    }
+    static_cast<c10::Event*>(event)->synchronize();
+  });
+}
+
+void shim_event_free(void* event) { delete static_cast<c10::Event*>(event); }
 
 }  // extern "C"

@@ -12,8 +12,8 @@
 //!   (after the loss, after backward, after the optimizer) so that the forward / backward /
 //!   optimizer times are real; a single process has no communication, reported as 0.
 //!
-//! Unlike `Trainer::train_step`, which reads the loss and gradient norm back once per step for
-//! its finiteness check, the benchmark always applies the update.
+//! The update is the trainer's: clipping, then fused AdamW whose skip of a non-finite step is
+//! decided on the device (`found_inf`), so neither reads a value back inside a step.
 
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use corenet_model::{OpenElm, OpenElmConfig};
 use crate::device_info;
 use crate::error::{Error, Result};
 use crate::metrics::{mfu, peak_bf16_flops};
-use crate::optim::{AdamW, OptimizerConfig};
+use crate::optim::{found_inf, AdamW, OptimizerConfig};
 use crate::overrides::{from_tree, Override};
 use crate::recipe::{DeviceChoice, Precision};
 use crate::recompute::{forward_backward, forward_backward_with, LossSpec};
@@ -335,12 +335,21 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
     };
     let ckpt = config.activation_checkpointing;
     let clip = config.optimizer.grad_clip;
-    let update = |optim: &mut AdamW| -> Result<()> {
-        if let Some(max) = clip {
-            // On the device: the norm is never read back.
-            let _ = optim.clip_grad_norm(max);
-        }
-        optim.step(config.lr)?;
+    // The trainer's update: clip, then AdamW with the non-finite skip decided on the device
+    // (the norm and loss are never read back).
+    let update = |optim: &mut AdamW, loss: &Tensor| -> Result<()> {
+        let norm = match clip {
+            Some(max) => optim.clip_grad_norm(max),
+            None => optim.grad_norm(),
+        };
+        let measured = Tensor::stack(
+            &[
+                loss.detach().to_kind(Kind::Float),
+                norm.to_kind(Kind::Float),
+            ],
+            0,
+        );
+        optim.step(config.lr, Some(&found_inf(&measured)))?;
         optim.zero_grad();
         Ok(())
     };
@@ -348,8 +357,8 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
     let mut batch = tokens.next();
     for _ in 0..config.warmup {
         let next = tokens.next();
-        forward_backward(&model, &batch.0, &batch.1, spec, ckpt)?;
-        update(&mut optim)?;
+        let terms = forward_backward(&model, &batch.0, &batch.1, spec, ckpt)?;
+        update(&mut optim, &terms.total)?;
         batch = next;
     }
     device_info::synchronize(device);
@@ -367,7 +376,7 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
         let t0 = Instant::now();
         let next = tokens.next();
         let terms = forward_backward(&model, &batch.0, &batch.1, spec, ckpt)?;
-        update(&mut optim)?;
+        update(&mut optim, &terms.total)?;
         last_loss = terms.total;
         batch = next;
         step_times.push(t0.elapsed().as_secs_f64());
@@ -382,13 +391,13 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
         device_info::synchronize(device);
         let t0 = Instant::now();
         let mut t_fwd = t0;
-        forward_backward_with(&model, &batch.0, &batch.1, spec, ckpt, || {
+        let terms = forward_backward_with(&model, &batch.0, &batch.1, spec, ckpt, || {
             device_info::synchronize(device);
             t_fwd = Instant::now();
         })?;
         device_info::synchronize(device);
         let t_bwd = Instant::now();
-        update(&mut optim)?;
+        update(&mut optim, &terms.total)?;
         device_info::synchronize(device);
         let t_opt = Instant::now();
         phases.push([

@@ -38,6 +38,9 @@ fn fused_err(op: &str, message: impl Into<String>) -> Error {
 /// * `steps`: one f32 scalar tensor per parameter holding the updates taken so far; each is
 ///   incremented by 1 before the update (as PyTorch's Python optimizer does; the kernel does not).
 ///
+/// * `found_inf`: an optional f32 scalar on the parameters' device; where it holds 1 the call
+///   changes nothing (steps included), so a non-finite step is skipped without a host sync.
+///
 /// Weight decay applies to the whole group, so call once for the decayed (>= 2-D) tensors and
 /// once, with `weight_decay: 0.0`, for the rest.
 pub fn fused_adamw_step(
@@ -47,6 +50,7 @@ pub fn fused_adamw_step(
     exp_avg_sqs: &[Tensor],
     steps: &[Tensor],
     hp: &FusedAdamW,
+    found_inf: Option<&Tensor>,
 ) -> Result<()> {
     const OP: &str = "fused_adamw_step";
     let n = params.len();
@@ -95,9 +99,22 @@ pub fn fused_adamw_step(
             ));
         }
     }
+    if let Some(flag) = found_inf {
+        if flag.kind() != Kind::Float || flag.numel() != 1 {
+            return Err(fused_err(
+                OP,
+                format!(
+                    "found_inf must be an f32 scalar tensor (got {:?} of shape {:?})",
+                    flag.kind(),
+                    flag.size()
+                ),
+            ));
+        }
+    }
     if n == 0 {
         return Ok(());
     }
+    let flag = found_inf.map_or(std::ptr::null(), |t| t.as_ptr());
     let (p, g, m, v, s) = (
         shim::tensor_ptrs(params),
         shim::tensor_ptrs(grads),
@@ -105,7 +122,8 @@ pub fn fused_adamw_step(
         shim::tensor_ptrs(exp_avg_sqs),
         shim::tensor_ptrs(steps),
     );
-    // SAFETY: five arrays of `n` live tensor pointers, borrowed for the duration of the call.
+    // SAFETY: five arrays of `n` live tensor pointers and `flag` (null or a live tensor),
+    // borrowed for the duration of the call.
     let err = unsafe {
         shim::shim_fused_adamw(
             p.as_ptr(),
@@ -119,6 +137,7 @@ pub fn fused_adamw_step(
             hp.beta2,
             hp.weight_decay,
             hp.eps,
+            flag,
         )
     };
     shim::check(err).map_err(|m| fused_err(OP, m))

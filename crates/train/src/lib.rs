@@ -9,6 +9,7 @@
 //! - [`plan`]: parameters, tokens, FLOPs, memory per GPU and GPU-hours of a recipe, no model built.
 //! - [`dry_run`]: every check of a run plus one optimizer step, nothing written.
 //! - [`corenet_config`]: CoreNet's own YAML mapped onto a recipe.
+//! - [`readback`]: step values copied to the host behind the device's work, read a step later.
 
 pub mod checkpoint_store;
 pub mod corenet_config;
@@ -25,6 +26,7 @@ pub use error::{Error, Result};
 pub mod loss;
 pub mod optim;
 pub mod optimizer;
+pub mod readback;
 pub mod recipe;
 pub mod recompute;
 pub mod sharded_adamw;

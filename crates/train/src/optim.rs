@@ -86,7 +86,8 @@ struct ParamState {
     master: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// f32 scalar step count, the form `_fused_adamw_` takes (it increments it itself).
+    /// f32 scalar count of the updates taken, the form `_fused_adamw_` takes; it is the one
+    /// record of the count, because a skipped step is decided on the device.
     step: Tensor,
     decay: bool,
 }
@@ -101,8 +102,6 @@ impl ParamState {
 pub struct AdamW {
     config: OptimizerConfig,
     params: Vec<ParamState>,
-    /// Updates taken so far (PyTorch's per-parameter `step`, shared here).
-    step: u64,
 }
 
 impl AdamW {
@@ -128,7 +127,6 @@ impl AdamW {
         Ok(AdamW {
             config: config.clone(),
             params,
-            step: 0,
         })
     }
 
@@ -136,8 +134,10 @@ impl AdamW {
         &self.config
     }
 
+    /// Updates taken so far (PyTorch's per-parameter `step`, equal for all here). Reads the
+    /// device: a host sync, for checks and tests, not for the training loop.
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.params.first().map_or(0, |p| step_value(&p.step))
     }
 
     /// The defined gradients, in parameter order (what a data-parallel run reduces).
@@ -200,9 +200,10 @@ impl AdamW {
         }
     }
 
-    /// One AdamW update at learning rate `lr` (PyTorch's AdamW arithmetic).
-    pub fn step(&mut self, lr: f64) -> Result<()> {
-        self.step += 1;
+    /// One AdamW update at learning rate `lr` (PyTorch's AdamW arithmetic). Where `found_inf`
+    /// (an f32 scalar on the device) holds 1 nothing changes: the trainer's skip of a step with
+    /// a non-finite loss or gradient norm, decided without reading the device.
+    pub fn step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> Result<()> {
         let slots: Vec<Slot> = self
             .params
             .iter()
@@ -218,7 +219,8 @@ impl AdamW {
                 })
             })
             .collect();
-        update(&self.config, lr, self.step, &slots)?;
+        update(&self.config, lr, &slots, found_inf)?;
+        // After a skipped step the masters are unchanged, so this copy rewrites the same values.
         tch::no_grad(|| {
             for p in &mut self.params {
                 if let Some(master) = &p.master {
@@ -281,7 +283,6 @@ impl AdamW {
                 "unexpected `{extra}` (from another model?)"
             )));
         }
-        self.step = step;
         Ok(())
     }
 }
@@ -299,17 +300,46 @@ pub(crate) struct Slot {
 }
 
 /// The AdamW arithmetic over `slots`, in place: `_fused_adamw_` once per weight-decay group, or
-/// the plain per-tensor path. `step` counts updates including this one.
-pub(crate) fn update(config: &OptimizerConfig, lr: f64, step: u64, slots: &[Slot]) -> Result<()> {
+/// the plain per-tensor path. Each slot's `step` counts the updates before this one; where
+/// `found_inf` holds 1 nothing changes. The fused path decides that on the device; the plain
+/// one, a reference for tests, reads the flag and the count (a host sync).
+pub(crate) fn update(
+    config: &OptimizerConfig,
+    lr: f64,
+    slots: &[Slot],
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
     if config.fused {
-        update_fused(config, lr, slots)
+        update_fused(config, lr, slots, found_inf)
     } else {
-        update_plain(config, lr, step, slots);
+        if found_inf.is_some_and(|flag| flag.double_value(&[]) != 0.0) {
+            return Ok(());
+        }
+        let Some(first) = slots.first() else {
+            return Ok(());
+        };
+        update_plain(config, lr, step_value(&first.step) + 1, slots);
         Ok(())
     }
 }
 
-fn update_fused(c: &OptimizerConfig, lr: f64, slots: &[Slot]) -> Result<()> {
+/// The `found_inf` flag of a step, on the device: an f32 scalar, 1 where any of `measured` (the
+/// loss terms and gradient norm) is not finite. No host read.
+pub fn found_inf(measured: &Tensor) -> Tensor {
+    measured.isfinite().all().logical_not().to_kind(Kind::Float)
+}
+
+/// A step-count tensor's value (a host read).
+pub(crate) fn step_value(step: &Tensor) -> u64 {
+    step.double_value(&[]).max(0.0) as u64
+}
+
+fn update_fused(
+    c: &OptimizerConfig,
+    lr: f64,
+    slots: &[Slot],
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
     for decay in [true, false] {
         let group: Vec<&Slot> = slots.iter().filter(|s| s.decay == decay).collect();
         if group.is_empty() {
@@ -336,6 +366,7 @@ fn update_fused(c: &OptimizerConfig, lr: f64, slots: &[Slot]) -> Result<()> {
                 &list(&|s| &s.exp_avg_sq),
                 &list(&|s| &s.step),
                 &hp,
+                found_inf,
             )
         })?;
     }

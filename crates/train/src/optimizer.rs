@@ -66,12 +66,18 @@ impl Optimizer {
         }
     }
 
-    pub fn step(&mut self, dp: Option<&DataParallel>, lr: f64) -> Result<()> {
+    /// One update at `lr`, or none where `found_inf` (an f32 scalar on the device) holds 1.
+    pub fn step(
+        &mut self,
+        dp: Option<&DataParallel>,
+        lr: f64,
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
         match self {
-            Optimizer::Replicated(optim) => optim.step(lr),
+            Optimizer::Replicated(optim) => optim.step(lr, found_inf),
             Optimizer::Sharded(optim) => {
                 let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
-                optim.step(pg, lr)
+                optim.step(pg, lr, found_inf)
             }
         }
     }

@@ -76,6 +76,10 @@ pub struct TrainerConfig {
     /// Start each bucket's gradient all-reduce as soon as backward has produced it (the
     /// blocks are back-propagated one at a time, newest first) instead of after backward.
     pub overlap_grad_reduce: bool,
+    /// Read each step's loss, gradient norm and stop votes after the next step is queued, so
+    /// the host never waits for the device (logs, skip counts and stop decisions trail by one
+    /// step). Null: on for CUDA, off on the CPU, where nothing runs ahead of the host.
+    pub lagged_reads: Option<bool>,
 }
 
 impl Default for TrainerConfig {
@@ -94,6 +98,7 @@ impl Default for TrainerConfig {
             bucket_mb: 25.0,
             sharded_optimizer: false,
             overlap_grad_reduce: true,
+            lagged_reads: None,
         }
     }
 }

@@ -26,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Error, Result};
-use crate::optim::{update, OptimizerConfig, Slot};
+use crate::optim::{step_value, update, OptimizerConfig, Slot};
 
 /// Elements each rank contributes to one all-gather while saving (bounds the extra memory).
 const GATHER_CHUNK: usize = 1 << 24;
@@ -118,9 +118,9 @@ pub struct ShardedAdamW {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     grad: Tensor,
-    /// One f32 step counter per segment, the form `_fused_adamw_` takes.
+    /// One f32 step counter per segment, the form `_fused_adamw_` takes (the only record of
+    /// the count: skips are decided on the device).
     steps: Vec<Tensor>,
-    step: u64,
 }
 
 impl ShardedAdamW {
@@ -158,7 +158,6 @@ impl ShardedAdamW {
                 .iter()
                 .map(|_| Tensor::zeros([], (Kind::Float, device)))
                 .collect(),
-            step: 0,
             params: named,
             layout,
             rank,
@@ -174,8 +173,9 @@ impl ShardedAdamW {
         &self.layout
     }
 
+    /// Updates taken so far, read from the device (a host sync; 0 on a rank owning nothing).
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.steps.first().map_or(0, step_value)
     }
 
     /// Bytes of optimizer state this rank holds (master weights and two moments, f32).
@@ -245,9 +245,9 @@ impl ShardedAdamW {
         Ok(norm)
     }
 
-    /// Updates this rank's range and all-gathers every range into the model's parameters.
-    pub fn step(&mut self, pg: &ProcessGroup, lr: f64) -> Result<()> {
-        self.step += 1;
+    /// Updates this rank's range and all-gathers every range into the model's parameters;
+    /// where `found_inf` holds 1 the ranges stay as they were (every rank holds the same flag).
+    pub fn step(&mut self, pg: &ProcessGroup, lr: f64, found_inf: Option<&Tensor>) -> Result<()> {
         let grad = self.grad.to_kind(Kind::Float);
         let slice = |t: &Tensor, s: &Segment| t.narrow(0, s.shard_start as i64, s.len as i64);
         let slots: Vec<Slot> = self
@@ -263,7 +263,7 @@ impl ShardedAdamW {
                 decay: self.params[s.param].1.dim() >= 2,
             })
             .collect();
-        update(&self.config, lr, self.step, &slots)?;
+        update(&self.config, lr, &slots, found_inf)?;
         self.gather_parameters(pg)
     }
 
@@ -382,7 +382,6 @@ impl ShardedAdamW {
         for t in &self.steps {
             let _ = t.shallow_clone().fill_(step as f64);
         }
-        self.step = step;
         Ok(())
     }
 

@@ -74,6 +74,7 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        found_inf: *const C_tensor,
     ) -> *mut c_char;
     pub(crate) fn shim_foreach_norm(
         ts: *const *const C_tensor,
@@ -84,6 +85,9 @@ extern "C" {
     pub(crate) fn shim_torch_version(out: *mut *mut c_char) -> *mut c_char;
     pub(crate) fn shim_cuda_peak_allocated(device_index: c_int, out: *mut i64) -> *mut c_char;
     pub(crate) fn shim_cuda_reset_peak(device_index: c_int) -> *mut c_char;
+    pub(crate) fn shim_event_record(t: *const C_tensor, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn shim_event_synchronize(event: *mut c_void) -> *mut c_char;
+    pub(crate) fn shim_event_free(event: *mut c_void);
 }
 
 /// Converts a shim return value into `Ok(())` or `Err(message)`, freeing the message.

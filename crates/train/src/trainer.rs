@@ -8,6 +8,12 @@
 //! rank takes the same update/skip/stop decision. Only rank 0 writes the run directory's shared
 //! files (recipe.yaml, metrics, TensorBoard, checkpoints); a checkpoint holds every rank's
 //! data-stream position (`TrainState::data_ranks`), gathered through the store.
+//!
+//! A step never waits for the device: whether to skip a non-finite update is decided on the
+//! device (the fused AdamW's `found_inf`), and the step's values (loss, gradient norm, skip
+//! flag, stop votes) travel to the host behind its work ([`Readback`]). With lagged reads (the
+//! default on CUDA) they are read after the next step is queued, so logging, skip counting and
+//! stop decisions trail the device by one step and the device never idles on the host.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,7 +32,9 @@ use crate::data_parallel::DataParallel;
 use crate::dist::DistEnv;
 use crate::error::{Error, Result};
 use crate::metrics::{mfu, peak_bf16_flops, MetricsRecord, MetricsSink, Throughput};
+use crate::optim::found_inf;
 use crate::optimizer::Optimizer;
+use crate::readback::Readback;
 use crate::recipe::{DeviceChoice, Precision, Recipe};
 use crate::recompute::{forward_backward, forward_backward_staged, LossSpec, Stage};
 use crate::schedule::Schedule;
@@ -99,6 +107,18 @@ struct StepValues {
     grad_norm: f64,
     /// Ranks that asked to stop (SIGINT/SIGTERM) this step; always 0 in a single process.
     stop_votes: f64,
+    /// The device skipped the update (a non-finite loss or gradient norm).
+    skipped: bool,
+}
+
+/// A step queued on the device whose values are still on their way to the host.
+#[derive(Debug)]
+struct PendingStep {
+    /// Steps completed once this one is (its 1-based number).
+    step: u64,
+    tokens_seen: u64,
+    /// [loss, ce, z_loss, grad_norm, stop votes, skipped].
+    values: Readback,
 }
 
 pub struct Trainer {
@@ -129,6 +149,8 @@ pub struct Trainer {
     stop_agreed: bool,
     /// Every parameter with the backward stage that finishes its gradient.
     stages: Vec<(Stage, Tensor)>,
+    /// Read a step's values after queueing the next one (`trainer.lagged_reads`).
+    lagged: bool,
 }
 
 fn pick_device(choice: DeviceChoice) -> Result<Device> {
@@ -275,6 +297,10 @@ impl Trainer {
             ?device,
             "trainer ready"
         );
+        let recipe_lagged = recipe
+            .trainer
+            .lagged_reads
+            .unwrap_or_else(|| device.is_cuda());
         Ok(Trainer {
             recipe,
             device,
@@ -298,6 +324,7 @@ impl Trainer {
             last_saved,
             stop_agreed: false,
             stages,
+            lagged: recipe_lagged,
         })
     }
 
@@ -317,7 +344,8 @@ impl Trainer {
     /// One optimizer step as `train` takes it (on one micro-batch in a dry run); returns the
     /// step's loss. Writes nothing; `train` is what logs and checkpoints.
     pub fn step_once(&mut self) -> Result<f64> {
-        Ok(self.train_step()?.loss)
+        let pending = self.train_step()?;
+        Ok(self.account(pending)?.loss)
     }
 
     /// Runs until the recipe's step budget (or `stop_at`, or a stop request).
@@ -334,18 +362,28 @@ impl Trainer {
             last_loss: None,
             interrupted: false,
         };
+        let mut in_flight: Option<PendingStep> = None;
         while self.state.step < end {
             if self.stop_requested() {
                 summary.interrupted = true;
                 break;
             }
-            let values = self.train_step()?;
-            if values.loss.is_finite() {
-                summary.first_loss.get_or_insert(values.loss);
-                summary.last_loss = Some(values.loss);
+            let pending = self.train_step()?;
+            let ready = if self.lagged {
+                in_flight.replace(pending)
+            } else {
+                Some(pending)
+            };
+            if let Some(ready) = ready {
+                self.settle(ready, &mut in_flight, &mut summary, &progress)?;
             }
-            self.after_step(values, &progress)?;
+            let interval = self.recipe.checkpoint.interval;
+            if interval > 0 && self.state.step % interval == 0 {
+                self.settle_all(&mut in_flight, &mut summary, &progress)?;
+                self.save()?;
+            }
         }
+        self.settle_all(&mut in_flight, &mut summary, &progress)?;
         progress.finish_and_clear();
         if self.last_saved != Some(self.state.step) {
             self.save()?;
@@ -355,8 +393,10 @@ impl Trainer {
         Ok(summary)
     }
 
-    /// Gradient accumulation over micro-batches, clipping, a finiteness check, the update.
-    fn train_step(&mut self) -> Result<StepValues> {
+    /// Gradient accumulation over micro-batches, clipping, the update (skipped on the device
+    /// when the loss or gradient norm is not finite). Queues the step's values for the host and
+    /// returns without reading anything from the device.
+    fn train_step(&mut self) -> Result<PendingStep> {
         let lr = self.schedule.lr(self.state.step);
         let spec = LossSpec {
             ignore_index: self.pad_id,
@@ -367,7 +407,7 @@ impl Trainer {
         let mut reduced = false;
         for micro in 0..self.accumulation {
             let batch = self.next_batch()?;
-            let (inputs, targets) = self.batch_tensors(&batch);
+            let (inputs, targets) = self.batch_tensors(&batch)?;
             let checkpoint = self.recipe.trainer.activation_checkpointing;
             let terms = match self.overlap_group() {
                 // The last micro-batch completes the gradients: reduce them as they finish.
@@ -418,54 +458,112 @@ impl Trainer {
             reduced,
             self.recipe.optimizer.grad_clip,
         )?;
-        // The one host sync of a step: the finiteness check needs the values anyway.
-        let host = Vec::<f64>::try_from(
-            Tensor::cat(
-                &[
-                    packed.narrow(0, 0, 3) / micro_batches as f64,
-                    norm.to_kind(Kind::Float).reshape([1]),
-                    packed.narrow(0, 3, 1),
-                ],
-                0,
-            )
-            .to_kind(Kind::Double),
-        )?;
+        // [loss, ce, z, grad norm]; identical on every rank, so every rank skips alike.
+        let measured = Tensor::cat(
+            &[
+                packed.narrow(0, 0, 3) / micro_batches as f64,
+                norm.to_kind(Kind::Float).reshape([1]),
+            ],
+            0,
+        );
+        let found_inf = found_inf(&measured);
+        self.optim.step(self.dp.as_ref(), lr, Some(&found_inf))?;
+        self.optim.zero_grad();
+        self.state.step += 1;
+        self.state.tokens_seen +=
+            (self.recipe.trainer.global_batch * self.recipe.data.seq_len) as u64;
+        let values = Tensor::cat(
+            &[measured, packed.narrow(0, 3, 1), found_inf.reshape([1])],
+            0,
+        );
+        Ok(PendingStep {
+            step: self.state.step,
+            tokens_seen: self.state.tokens_seen,
+            values: Readback::start(&values)?,
+        })
+    }
+
+    /// Reads a step's values (waiting for them if the device is behind) and counts it: skipped
+    /// or taken, and any rank's stop vote.
+    fn account(&mut self, pending: PendingStep) -> Result<StepValues> {
+        let host = pending.values.wait()?;
         let values = StepValues {
             loss: host[0],
             ce: host[1],
             z_loss: host[2],
             grad_norm: host[3],
             stop_votes: host[4],
+            skipped: host[5] != 0.0,
         };
         if values.stop_votes > 0.0 {
             self.stop_agreed = true;
         }
-        if values.loss.is_finite() && values.grad_norm.is_finite() {
-            self.optim.step(self.dp.as_ref(), lr)?;
-            self.state.optimizer_steps += 1;
-            self.state.consecutive_bad = 0;
-        } else {
+        if values.skipped {
             self.state.skipped_steps += 1;
             self.state.consecutive_bad += 1;
             tracing::warn!(
-                step = self.state.step,
+                step = pending.step - 1,
                 loss = values.loss,
                 grad_norm = values.grad_norm,
                 "non-finite step skipped"
             );
-        }
-        self.optim.zero_grad();
-        self.state.step += 1;
-        self.state.tokens_seen +=
-            (self.recipe.trainer.global_batch * self.recipe.data.seq_len) as u64;
-        if self.state.consecutive_bad >= self.recipe.trainer.max_bad_steps {
-            self.save()?;
-            return Err(Error::NonFinite {
-                count: self.state.consecutive_bad,
-                step: self.state.step,
-            });
+        } else {
+            self.state.optimizer_steps += 1;
+            self.state.consecutive_bad = 0;
         }
         Ok(values)
+    }
+
+    /// [`Self::account`], then progress, throughput, logging, and the bad-step limit: when it
+    /// is reached, the step still in flight is counted and the state (whose weights are the last
+    /// good ones: bad steps change nothing) is saved before the error.
+    fn settle(
+        &mut self,
+        pending: PendingStep,
+        in_flight: &mut Option<PendingStep>,
+        summary: &mut RunSummary,
+        progress: &ProgressBar,
+    ) -> Result<()> {
+        let (step, tokens_seen) = (pending.step, pending.tokens_seen);
+        let values = self.account(pending)?;
+        if !values.skipped {
+            summary.first_loss.get_or_insert(values.loss);
+            summary.last_loss = Some(values.loss);
+        }
+        self.throughput.record(Instant::now(), step, tokens_seen);
+        progress.set_position(step);
+        progress.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            values.loss,
+            self.schedule.lr(step - 1),
+            self.throughput.tokens_per_s().unwrap_or(0.0)
+        ));
+        let total = self.recipe.trainer.steps;
+        if self.is_root() && (step % self.recipe.logging.interval.max(1) == 0 || step == total) {
+            self.log(step, tokens_seen, values)?;
+        }
+        let count = self.state.consecutive_bad;
+        if count >= self.recipe.trainer.max_bad_steps {
+            if let Some(next) = in_flight.take() {
+                self.account(next)?;
+            }
+            self.save()?;
+            return Err(Error::NonFinite { count, step });
+        }
+        Ok(())
+    }
+
+    /// Settles the step still in flight, if any (before a checkpoint or the end of the run).
+    fn settle_all(
+        &mut self,
+        in_flight: &mut Option<PendingStep>,
+        summary: &mut RunSummary,
+        progress: &ProgressBar,
+    ) -> Result<()> {
+        match in_flight.take() {
+            Some(pending) => self.settle(pending, in_flight, summary, progress),
+            None => Ok(()),
+        }
     }
 
     /// The process group when gradients are all-reduced during backward: a data-parallel run
@@ -486,16 +584,23 @@ impl Trainer {
         }
     }
 
-    /// (B, T) inputs and targets on the training device.
-    fn batch_tensors(&self, batch: &Batch) -> (Tensor, Tensor) {
+    /// (B, T) inputs and targets on the training device. On CUDA they go through pinned host
+    /// memory, so the copy is queued behind the device's work and the host moves on.
+    fn batch_tensors(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         let shape = [batch.micro_batch as i64, batch.seq_len as i64];
-        let inputs = Tensor::from_slice(&batch.inputs_i64())
-            .view(shape)
-            .to_device(self.device);
-        let targets = Tensor::from_slice(&batch.targets_i64())
-            .view(shape)
-            .to_device(self.device);
-        (inputs, targets)
+        let upload = |ids: Vec<i64>| -> Result<Tensor> {
+            let host = Tensor::from_slice(&ids).view(shape);
+            if !self.device.is_cuda() {
+                return Ok(host);
+            }
+            Ok(host.f_pin_memory(self.device)?.f_to_device_(
+                self.device,
+                Kind::Int64,
+                true,
+                false,
+            )?)
+        };
+        Ok((upload(batch.inputs_i64())?, upload(batch.targets_i64())?))
     }
 
     /// A stop request: this process's flag, or in a data-parallel run any rank's flag as of the
@@ -511,30 +616,7 @@ impl Trainer {
         self.dp.as_ref().is_none_or(|dp| dp.rank() == 0)
     }
 
-    fn after_step(&mut self, values: StepValues, progress: &ProgressBar) -> Result<()> {
-        let step = self.state.step;
-        self.throughput
-            .record(Instant::now(), step, self.state.tokens_seen);
-        progress.set_position(step);
-        progress.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s",
-            values.loss,
-            self.schedule.lr(step - 1),
-            self.throughput.tokens_per_s().unwrap_or(0.0)
-        ));
-        let total = self.recipe.trainer.steps;
-        if self.is_root() && (step % self.recipe.logging.interval.max(1) == 0 || step == total) {
-            self.log(values)?;
-        }
-        let interval = self.recipe.checkpoint.interval;
-        if interval > 0 && step % interval == 0 {
-            self.save()?;
-        }
-        Ok(())
-    }
-
-    fn log(&mut self, values: StepValues) -> Result<()> {
-        let step = self.state.step;
+    fn log(&mut self, step: u64, tokens_seen: u64, values: StepValues) -> Result<()> {
         let lr = self.schedule.lr(step - 1);
         let tokens_per_s = self.throughput.tokens_per_s().unwrap_or(0.0);
         let record = MetricsRecord {
@@ -544,7 +626,7 @@ impl Trainer {
             z_loss: values.z_loss,
             lr,
             grad_norm: values.grad_norm,
-            tokens_seen: self.state.tokens_seen,
+            tokens_seen,
             tokens_per_s,
             mfu: self
                 .peak_flops

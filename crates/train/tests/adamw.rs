@@ -54,7 +54,7 @@ fn check_path(path: &Path, fused: bool) {
     for (step, lr) in lrs.iter().enumerate() {
         set_grad(&w, &f[&format!("grad{step}.weight")]);
         set_grad(&n, &f[&format!("grad{step}.norm")]);
-        opt.step(*lr).expect("step");
+        opt.step(*lr, None).expect("step");
     }
     let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
     assert!(
@@ -128,7 +128,7 @@ fn bf16_params_get_f32_master_weights_and_state_round_trips() {
         &p,
         &Tensor::ones([4, 3], (Kind::BFloat16, tch::Device::Cpu)),
     );
-    opt.step(1e-3).expect("step");
+    opt.step(1e-3, None).expect("step");
     let state: HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
     let master = &state["master.p"];
     assert_eq!(master.kind(), Kind::Float);
@@ -150,8 +150,8 @@ fn bf16_params_get_f32_master_weights_and_state_round_trips() {
     let half = || Tensor::full([4, 3], 0.5, (Kind::BFloat16, tch::Device::Cpu));
     set_grad(&p, &half());
     set_grad(&q, &half());
-    opt.step(1e-3).expect("step");
-    restored.step(1e-3).expect("step");
+    opt.step(1e-3, None).expect("step");
+    restored.step(1e-3, None).expect("step");
     assert!(p.equal(&q), "resumed optimizer diverged");
 
     let mut wrong = AdamW::new(

@@ -317,7 +317,8 @@ fn two_ranks_match_one_process_with_accumulation() {
 
 /// The same with ZeRO-1: each rank updates half of the flat parameter space and the halves
 /// are all-gathered; the checkpoint's optimizer state (gathered back into the per-parameter
-/// layout) matches the single process's too.
+/// layout) matches the single process's too. The ranks read step values a step late (the CUDA
+/// default), which must not change anything computed.
 #[test]
 fn two_sharded_ranks_match_one_process_with_accumulation() {
     if std::env::var(ROLE_VAR).is_ok() {
@@ -325,7 +326,10 @@ fn two_sharded_ranks_match_one_process_with_accumulation() {
     }
     two_ranks_match_one_process(
         "two_sharded_ranks_match_one_process_with_accumulation",
-        &["trainer.sharded_optimizer=true"],
+        &[
+            "trainer.sharded_optimizer=true",
+            "trainer.lagged_reads=true",
+        ],
     );
 }
 
@@ -419,6 +423,7 @@ fn two_rank_checkpoint_resumes_exactly() {
     two_rank_checkpoint_resumes("two_rank_checkpoint_resumes_exactly", &[]);
 }
 
+/// With ZeRO-1 and lagged reads (every checkpoint settles the step still in flight first).
 #[test]
 fn two_sharded_rank_checkpoint_resumes_exactly() {
     if std::env::var(ROLE_VAR).is_ok() {
@@ -426,7 +431,10 @@ fn two_sharded_rank_checkpoint_resumes_exactly() {
     }
     two_rank_checkpoint_resumes(
         "two_sharded_rank_checkpoint_resumes_exactly",
-        &["trainer.sharded_optimizer=true"],
+        &[
+            "trainer.sharded_optimizer=true",
+            "trainer.lagged_reads=true",
+        ],
     );
 }
 

@@ -72,7 +72,7 @@ fn fused_adamw_matches_plain_adamw() {
         for (p, g) in plain_params.iter().zip(&grads) {
             set_grad(p, g);
         }
-        plain.step(lr).expect("step");
+        plain.step(lr, None).expect("step");
 
         for decay in [true, false] {
             let idx = group(decay);
@@ -90,6 +90,7 @@ fn fused_adamw_matches_plain_adamw() {
                 &pick(&exp_avg_sqs, &idx),
                 &pick(&steps, &idx),
                 &hp,
+                None,
             )
             .expect("fused step");
         }
@@ -135,14 +136,27 @@ fn fused_adamw_rejects_mismatched_lists() {
         eps: 1e-8,
         weight_decay: 0.0,
     };
-    let err =
-        fused_adamw_step(&p, &[], &p, &p, &[Tensor::from(0f32)], &hp).expect_err("lengths differ");
+    let err = fused_adamw_step(&p, &[], &p, &p, &[Tensor::from(0f32)], &hp, None)
+        .expect_err("lengths differ");
     assert!(err.to_string().contains("grads"), "{err}");
-    let err = fused_adamw_step(&p, &[Tensor::new()], &p, &p, &[Tensor::from(0f32)], &hp)
-        .expect_err("undefined grad");
+    let err = fused_adamw_step(
+        &p,
+        &[Tensor::new()],
+        &p,
+        &p,
+        &[Tensor::from(0f32)],
+        &hp,
+        None,
+    )
+    .expect_err("undefined grad");
     assert!(err.to_string().contains("undefined"), "{err}");
-    let err = fused_adamw_step(&p, &p, &p, &p, &[Tensor::from(0i64)], &hp).expect_err("int step");
+    let err =
+        fused_adamw_step(&p, &p, &p, &p, &[Tensor::from(0i64)], &hp, None).expect_err("int step");
     assert!(err.to_string().contains("f32 scalar"), "{err}");
+    let flag = Tensor::from(1i64);
+    let err = fused_adamw_step(&p, &p, &p, &p, &[Tensor::from(0f32)], &hp, Some(&flag))
+        .expect_err("int found_inf");
+    assert!(err.to_string().contains("found_inf"), "{err}");
 }
 
 #[test]
@@ -198,4 +212,77 @@ fn foreach_norm_equals_plain_norm() {
         foreach_grad_norm(&[]).expect("empty").double_value(&[]),
         0.0
     );
+}
+
+/// Both optimizer paths, two clean steps with a flagged (non-finite) step between them: the
+/// flagged step changes no weight, moment or step count, and a zero flag is the same as none.
+#[test]
+fn a_found_inf_flag_skips_the_update_on_the_device() {
+    for fused in [true, false] {
+        tch::manual_seed(11);
+        let config = OptimizerConfig {
+            fused,
+            ..OptimizerConfig::default()
+        };
+        let init: Vec<Tensor> = SHAPES
+            .iter()
+            .map(|s| Tensor::randn(*s, (Kind::Float, tch::Device::Cpu)))
+            .collect();
+        let grads: Vec<Vec<Tensor>> = (0..3)
+            .map(|_| init.iter().map(Tensor::randn_like).collect())
+            .collect();
+        let build = || {
+            let params: Vec<Tensor> = init.iter().map(param).collect();
+            let named = params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("p{i}"), p.shallow_clone()))
+                .collect();
+            (params, AdamW::new(named, &config).expect("valid config"))
+        };
+        let (flagged_params, mut flagged) = build();
+        let (plain_params, mut plain) = build();
+        let set = |params: &[Tensor], k: usize| {
+            for (p, g) in params.iter().zip(&grads[k]) {
+                set_grad(p, g);
+            }
+        };
+        let (zero, one) = (Tensor::from(0f32), Tensor::from(1f32));
+
+        set(&flagged_params, 0);
+        flagged.step(1e-2, Some(&zero)).expect("step");
+        let before: Vec<Tensor> = flagged_params.iter().map(Tensor::copy).collect();
+        let state_before = flagged.state_tensors();
+        let state_before: Vec<Tensor> = state_before.iter().map(|(_, t)| t.copy()).collect();
+        set(&flagged_params, 1);
+        flagged.step(1e-2, Some(&one)).expect("skipped step");
+        for (i, (a, b)) in flagged_params.iter().zip(&before).enumerate() {
+            assert_eq!(
+                max_abs_diff(a, b),
+                0.0,
+                "fused={fused}: p{i} moved on a skipped step"
+            );
+        }
+        for ((name, a), b) in flagged.state_tensors().iter().zip(&state_before) {
+            assert_eq!(max_abs_diff(a, b), 0.0, "fused={fused}: {name} moved");
+        }
+        assert_eq!(
+            flagged.step_count(),
+            1,
+            "fused={fused}: a skip is not counted"
+        );
+        set(&flagged_params, 2);
+        flagged.step(1e-2, Some(&zero)).expect("step");
+
+        // The same updates without the skipped one.
+        set(&plain_params, 0);
+        plain.step(1e-2, None).expect("step");
+        set(&plain_params, 2);
+        plain.step(1e-2, None).expect("step");
+        assert_eq!(plain.step_count(), 2);
+        assert_eq!(flagged.step_count(), 2);
+        for (i, (a, b)) in flagged_params.iter().zip(&plain_params).enumerate() {
+            assert_eq!(max_abs_diff(a, b), 0.0, "fused={fused}: p{i} differs");
+        }
+    }
 }

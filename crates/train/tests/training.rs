@@ -48,6 +48,16 @@ fn run(
     (trainer, summary)
 }
 
+/// The step of the newest checkpoint of `r` that verifies.
+fn newest_checkpoint_step(r: &Recipe) -> u64 {
+    corenet_train::checkpoint_store::CheckpointStore::new(r.checkpoint_dir(), 0)
+        .expect("store")
+        .latest_valid()
+        .expect("list")
+        .expect("a checkpoint")
+        .step
+}
+
 fn assert_same_weights(a: &Trainer, b: &Trainer) {
     for ((name, x), (_, y)) in a
         .model()
@@ -162,12 +172,80 @@ fn non_finite_steps_are_skipped_and_counted_then_stop_the_run() {
         .expect_err("three bad steps in a row stop the run");
     assert!(err.to_string().contains("3 consecutive"), "{err}");
     // The last good state (5 updates) was saved at step 8.
-    let latest = corenet_train::checkpoint_store::CheckpointStore::new(r.checkpoint_dir(), 0)
-        .expect("store")
-        .latest_valid()
-        .expect("list")
-        .expect("a checkpoint");
-    assert_eq!(latest.step, 8);
+    assert_eq!(newest_checkpoint_step(&r), 8);
+}
+
+/// Lagged reads (the CUDA default) change when the host learns a step's values, not what the
+/// run computes: the same weights, logged values, skip counts and checkpoints as reading every
+/// step at once, with a skipped non-finite step decided on the device.
+#[test]
+fn lagged_reads_train_the_same_run_as_immediate_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let nan_at_3 = || TrainOptions {
+        inject_nan_steps: BTreeSet::from([3]),
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let mut runs = Vec::new();
+    for lagged in [false, true] {
+        let set = format!("trainer.lagged_reads={lagged}");
+        let r = in_dir(&base, dir.path(), &format!("lagged-{lagged}"), &[&set]);
+        let mut trainer = Trainer::new(r.clone(), nan_at_3()).expect("trainer");
+        let summary = trainer.train().expect("train");
+        assert_eq!((summary.final_step, summary.skipped_steps), (12, 1));
+        assert_eq!(trainer.state().optimizer_steps, 11);
+        runs.push((r, trainer, summary));
+    }
+    let ((ra, a, sa), (rb, b, sb)) = (&runs[0], &runs[1]);
+    assert_eq!(sa, sb);
+    assert_same_weights(a, b);
+    // Bit patterns, so the skipped step's NaN compares equal to itself.
+    let logged = |r: &Recipe| -> Vec<[u64; 5]> {
+        read_metrics(r.run.dir.join("metrics.jsonl"))
+            .expect("metrics")
+            .iter()
+            .map(|m| {
+                [
+                    m.step,
+                    m.loss.to_bits(),
+                    m.ce.to_bits(),
+                    m.grad_norm.to_bits(),
+                    m.tokens_seen,
+                ]
+            })
+            .collect()
+    };
+    let (la, lb) = (logged(ra), logged(rb));
+    assert_eq!(la.len(), 12);
+    assert_eq!(la, lb);
+    assert!(
+        f64::from_bits(lb[3][1]).is_nan(),
+        "step 4 (index 3) logged its NaN loss"
+    );
+
+    // The bad-step limit still stops the run. Steps 5-7 are the three bad ones (indices 4-6);
+    // step 8 is already queued when step 7 is read, so it is counted (skipped: it is bad too)
+    // before the last good state (4 updates) is saved at step 8.
+    let r = in_dir(
+        &base,
+        dir.path(),
+        "lagged-limit",
+        &["trainer.max_bad_steps=3", "trainer.lagged_reads=true"],
+    );
+    let options = TrainOptions {
+        inject_nan_steps: (4..12).collect(),
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(r.clone(), options).expect("trainer");
+    let err = trainer.train().expect_err("three bad steps in a row");
+    assert!(err.to_string().contains("3 consecutive"), "{err}");
+    assert!(err.to_string().contains("step 7"), "{err}");
+    assert_eq!(trainer.state().step, 8);
+    assert_eq!(trainer.state().optimizer_steps, 4);
+    assert_eq!(trainer.state().skipped_steps, 4);
+    assert_eq!(newest_checkpoint_step(&r), 8);
 }
 
 #[test]
