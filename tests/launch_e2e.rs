@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corenet_e2e::{build_sample_data, corenet_bin, workspace_root};
+use corenet_e2e::{build_sample_data, corenet_bin, reference_tool, workspace_root};
 
 /// The tiny recipe shrunk to seconds per run, as 2 ranks × micro-batch 4 = global batch 8.
 const SMALL: [&str; 12] = [
@@ -134,16 +134,9 @@ fn launch_two_ranks_trains_stops_on_sigterm_and_fails_with_a_rank() {
 /// a checkpoint holding both ranks' data positions.
 #[test]
 fn torchrun_no_python_trains_two_sharded_ranks() {
-    let torchrun = workspace_root().join(".venv-ref/bin/torchrun");
-    if !torchrun.is_file() {
-        assert!(
-            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
-            "{} is missing, and CORENET_REQUIRE_REFERENCE is set",
-            torchrun.display()
-        );
-        eprintln!("skipped: no torchrun (run scripts/setup.sh --reference)");
+    let Some(torchrun) = reference_tool("torchrun") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     build_sample_data(dir.path(), 500);
     let port = std::net::TcpListener::bind("127.0.0.1:0")

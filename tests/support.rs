@@ -79,3 +79,20 @@ pub fn build_sample_data(dir: &std::path::Path, vocab: usize) {
         &tokenizer.to_string_lossy(),
     ]);
 }
+
+/// A program from the reference environment (`.venv-ref/bin/NAME`), or None when that
+/// environment was not set up — which fails the test instead under CORENET_REQUIRE_REFERENCE,
+/// so CI cannot pass by skipping.
+pub fn reference_tool(name: &str) -> Option<PathBuf> {
+    let path = workspace_root().join(".venv-ref/bin").join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+        "{} is missing, and CORENET_REQUIRE_REFERENCE is set",
+        path.display()
+    );
+    eprintln!("skipped: no {name} (run scripts/setup.sh --reference)");
+    None
+}
