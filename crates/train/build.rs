@@ -12,9 +12,10 @@ fn main() {
 ///
 /// With the `nccl` feature (or `CORENET_NCCL=1`) ProcessGroupNCCL is compiled in too; that
 /// needs the CUDA headers of the full torch install (`nvidia/cu13/include`,
-/// `nvidia/nccl/include`) and, from the `nvidia-cuda-crt` and `nvidia-cuda-cccl` 13.0.* pip
-/// packages, `crt/host_config.h` and `nv/target`: list their include dirs (':'-separated) in
-/// `CUDA_EXTRA_INCLUDES`.
+/// `nvidia/nccl/include`), including `crt/host_config.h` and `nv/target` from the
+/// `nvidia-cuda-crt` and `nvidia-cuda-cccl` 13.0.* pip packages (setup.sh installs them; they
+/// land in `nvidia/cu13/include`). Headers kept elsewhere can be added, ':'-separated, in
+/// `CUDA_EXTRA_INCLUDES`. It links libc10_cuda, which nothing else pulls in.
 fn build_shim() {
     const SRC: &str = "csrc/shim.cpp";
     println!("cargo:rerun-if-changed={SRC}");

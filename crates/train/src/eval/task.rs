@@ -67,7 +67,8 @@ impl Task {
     }
 }
 
-/// One item: a request per choice, the length (bytes) of each choice's text for acc_norm, and
+/// One item: a request per choice, the length of each choice's text for acc_norm (in
+/// characters, as the harness's Python `len`), and
 /// the index of the right choice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doc {
@@ -262,7 +263,7 @@ impl Item<'_> {
                 continuation: suffix.clone(),
             })
             .collect();
-        let choice_lengths = requests.iter().map(|r| r.context.len()).collect();
+        let choice_lengths = requests.iter().map(|r| r.context.chars().count()).collect();
         Ok(Doc {
             requests,
             choice_lengths,
@@ -274,7 +275,7 @@ impl Item<'_> {
 /// One request per choice, `(context, " " + choice)`.
 fn choice_doc(context: &str, choices: Vec<String>, gold: usize) -> Doc {
     Doc {
-        choice_lengths: choices.iter().map(String::len).collect(),
+        choice_lengths: choices.iter().map(|c| c.chars().count()).collect(),
         requests: choices
             .into_iter()
             .map(|c| Request {
@@ -319,4 +320,17 @@ pub fn preprocess(text: &str) -> String {
     }
     out.push_str(rest);
     out.replace("  ", " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acc_norm_lengths_count_characters_like_python_len() {
+        // "naïve café" is 10 characters but 12 UTF-8 bytes.
+        let doc = choice_doc("Q:", vec!["naïve café".into(), "plain".into()], 0);
+        assert_eq!(doc.choice_lengths, [10, 5]);
+        assert_eq!(doc.requests[0].continuation, " naïve café");
+    }
 }
