@@ -422,6 +422,17 @@ char* shim_foreach_norm(const void* const* ts, size_t n, void* out) {
   });
 }
 
+// Drops the gradients of `ts` (PyTorch's `zero_grad(set_to_none=True)`; tch can only zero
+// them in place). The next backward then writes each gradient instead of adding into a zeroed
+// one, and the gradients' memory is free between steps.
+char* shim_clear_grads(const void* const* ts, size_t n) {
+  return guarded([&] {
+    for (at::Tensor& t : tensors(ts, n)) {
+      t.mutable_grad().reset();
+    }
+  });
+}
+
 // The libtorch version these headers (and so the linked library) belong to, e.g. "2.11.0", as
 // a malloc'd string the caller releases with `shim_free`.
 char* shim_torch_version(char** out) {

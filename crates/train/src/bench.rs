@@ -350,8 +350,7 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
             0,
         );
         optim.step(config.lr, Some(&found_inf(&measured)))?;
-        optim.zero_grad();
-        Ok(())
+        optim.zero_grad()
     };
     tracing::info!(model = %config.model_name, ?device, seq = config.seq_len, micro_batch = config.micro_batch, "bench: warm-up");
     let mut batch = tokens.next();

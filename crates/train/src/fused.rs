@@ -1,7 +1,8 @@
 //! libtorch's multi-tensor kernels that tch does not bind, through the C++ shim:
 //! [`fused_adamw_step`] (`at::_fused_adamw_`, one multi-tensor kernel instead of ~8 ops per
 //! tensor; about 5x faster than the plain path on CPU) and [`foreach_grad_norm`]
-//! (`at::_foreach_norm`, the global gradient norm in one call, on the device).
+//! (`at::_foreach_norm`, the global gradient norm in one call, on the device), and
+//! [`clear_gradients`] (PyTorch's `zero_grad(set_to_none=True)`).
 //!
 //! The plain Rust [`crate::optim::AdamW`] stays as the reference these are checked against
 //! (`tests/fused.rs`).
@@ -158,4 +159,15 @@ pub fn foreach_grad_norm(grads: &[Tensor]) -> Result<Tensor> {
     let err = unsafe { shim::shim_foreach_norm(defined.as_ptr(), defined.len(), out.as_mut_ptr()) };
     shim::check(err).map_err(|m| fused_err("foreach_grad_norm", m))?;
     Ok(out)
+}
+
+/// Drops the gradients of `params` (each becomes undefined), as PyTorch's
+/// `zero_grad(set_to_none=True)`: the next backward writes every gradient instead of adding it
+/// into a zeroed buffer, and the buffers are free until then. At OpenELM-270M's shape on the
+/// CPU that is a tenth of the backward time (docs/performance.md).
+pub fn clear_gradients(params: &[Tensor]) -> Result<()> {
+    let ptrs: Vec<*const torch_sys::C_tensor> = params.iter().map(|p| p.as_ptr()).collect();
+    // SAFETY: `ptrs` holds live, defined tensor pointers (the shim rejects undefined ones).
+    let err = unsafe { shim::shim_clear_grads(ptrs.as_ptr(), ptrs.len()) };
+    shim::check(err).map_err(|m| fused_err("clear_gradients", m))
 }

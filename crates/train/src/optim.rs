@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::fused::{foreach_grad_norm, fused_adamw_step, FusedAdamW};
+use crate::fused::{clear_gradients, foreach_grad_norm, fused_adamw_step, FusedAdamW};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -191,13 +191,14 @@ impl AdamW {
         norm
     }
 
-    pub fn zero_grad(&self) {
-        for p in &self.params {
-            let mut g = p.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// Drops every gradient (PyTorch's default `set_to_none`), see [`clear_gradients`].
+    pub fn zero_grad(&self) -> Result<()> {
+        let params: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.param.shallow_clone())
+            .collect();
+        clear_gradients(&params)
     }
 
     /// One AdamW update at learning rate `lr` (PyTorch's AdamW arithmetic). Where `found_inf`

@@ -82,7 +82,7 @@ impl Optimizer {
         }
     }
 
-    pub fn zero_grad(&self) {
+    pub fn zero_grad(&self) -> Result<()> {
         match self {
             Optimizer::Replicated(optim) => optim.zero_grad(),
             Optimizer::Sharded(optim) => optim.zero_grad(),

@@ -26,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Error, Result};
+use crate::fused::clear_gradients;
 use crate::optim::{step_value, update, OptimizerConfig, Slot};
 
 /// Elements each rank contributes to one all-gather while saving (bounds the extra memory).
@@ -285,13 +286,10 @@ impl ShardedAdamW {
         Ok(())
     }
 
-    pub fn zero_grad(&self) {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// Drops every replica gradient (PyTorch's default `set_to_none`), see [`clear_gradients`].
+    pub fn zero_grad(&self) -> Result<()> {
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        clear_gradients(&params)
     }
 
     /// A collective: every rank must call it. Rank 0 receives the whole optimizer state in the

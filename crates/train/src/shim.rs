@@ -82,6 +82,8 @@ extern "C" {
         out: *mut C_tensor,
     ) -> *mut c_char;
 
+    pub(crate) fn shim_clear_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+
     pub(crate) fn shim_torch_version(out: *mut *mut c_char) -> *mut c_char;
     pub(crate) fn shim_cuda_peak_allocated(device_index: c_int, out: *mut i64) -> *mut c_char;
     pub(crate) fn shim_cuda_reset_peak(device_index: c_int) -> *mut c_char;

@@ -468,7 +468,7 @@ impl Trainer {
         );
         let found_inf = found_inf(&measured);
         self.optim.step(self.dp.as_ref(), lr, Some(&found_inf))?;
-        self.optim.zero_grad();
+        self.optim.zero_grad()?;
         self.state.step += 1;
         self.state.tokens_seen +=
             (self.recipe.trainer.global_batch * self.recipe.data.seq_len) as u64;

@@ -1,5 +1,6 @@
 //! The shim's fused kernels against the plain Rust paths: `fused_adamw_step` against
-//! `optim::AdamW`, `foreach_grad_norm` against `AdamW::grad_norm`.
+//! `optim::AdamW`, `foreach_grad_norm` against `AdamW::grad_norm`; `zero_grad`'s
+//! `set_to_none` through the shim.
 
 use corenet_train::fused::{foreach_grad_norm, fused_adamw_step, FusedAdamW};
 use corenet_train::optim::{AdamW, OptimizerConfig};
@@ -285,4 +286,33 @@ fn a_found_inf_flag_skips_the_update_on_the_device() {
             assert_eq!(max_abs_diff(a, b), 0.0, "fused={fused}: p{i} differs");
         }
     }
+}
+
+#[test]
+fn zero_grad_drops_gradients_and_the_next_backward_writes_them_afresh() {
+    let w = param(&Tensor::from_slice(&[1f32, 2.0, 3.0]));
+    let unused = param(&Tensor::from_slice(&[5f32]));
+    let named = vec![
+        ("w".to_string(), w.shallow_clone()),
+        ("unused".to_string(), unused.shallow_clone()),
+    ];
+    let adamw = AdamW::new(named, &OptimizerConfig::default()).expect("valid config");
+    let backward = |scale: f64| (&w * &w * scale).sum(Kind::Float).backward();
+    let grad = || Vec::<f32>::try_from(w.grad()).expect("f32 gradient");
+
+    backward(1.0);
+    backward(1.0);
+    assert_eq!(grad(), [4.0, 8.0, 12.0], "two backwards accumulate");
+    let held = w.grad();
+    // `unused` has no gradient at all: clearing it is not an error.
+    adamw.zero_grad().expect("clear gradients");
+    assert!(!w.grad().defined(), "the gradient is dropped, not zeroed");
+    assert_eq!(
+        Vec::<f32>::try_from(&held).expect("f32"),
+        [4.0, 8.0, 12.0],
+        "a tensor held elsewhere keeps its values"
+    );
+    backward(3.0);
+    assert_eq!(grad(), [6.0, 12.0, 18.0], "the next backward starts afresh");
+    assert!(!unused.grad().defined());
 }
