@@ -35,6 +35,29 @@ def run(cmd):
     print(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "", flush=True)
 
 
+def portable(command):
+    """The command with this machine's directories taken out, so committed reports name no
+    machine: paths inside the repository become relative to its root, other absolute paths
+    keep only their file name (after `…/`)."""
+    words = []
+    for w in command.split(" "):
+        if os.path.isabs(w):
+            rel = os.path.relpath(w, ROOT)
+            w = rel if not rel.startswith("..") else "…/" + os.path.basename(w)
+        words.append(w)
+    return " ".join(words)
+
+
+def make_portable(report_path):
+    with open(report_path) as f:
+        report = json.load(f)
+    report["command"] = portable(report["command"])
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    return report
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=5)
@@ -81,10 +104,8 @@ def main():
                      "--model-json", os.path.join(out, "rust-r0.json"), "--json", torch_json]
         for cmd in (rust_cmd, torch_cmd) if r % 2 == 0 else (torch_cmd, rust_cmd):
             run(cmd)
-        with open(rust_json) as f:
-            rust.append(json.load(f))
-        with open(torch_json) as f:
-            torch_.append(json.load(f))
+        rust.append(make_portable(rust_json))
+        torch_.append(make_portable(torch_json))
 
     def med(reports, key, sub=None):
         return statistics.median((r[key][sub] if sub else r[key]) for r in reports)

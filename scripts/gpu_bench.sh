@@ -69,7 +69,7 @@ write_env() {
     {
         echo "date: $(date -u +%FT%TZ)"
         echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
-        echo "binary: $BIN"
+        echo "binary: $(basename "$BIN"), sha256 $(sha256sum "$BIN" | cut -d' ' -f1)"
         echo "torch: $("$PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)')"
         if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi || true; fi
     } >"$OUT/env.txt" 2>&1
@@ -91,6 +91,9 @@ bench3b() {
     "$BIN" bench --model OpenELM-3B --seq "$SEQ" --micro-batch "$BATCH_3B" --precision bf16 \
         --device "$DEVICE" --activation-checkpointing --steps "$STEPS" --warmup 3 --split-steps 3 \
         --json "$OUT/OpenELM-3B-bf16-b$BATCH_3B-ckpt.json" "${SETS_3B[@]}"
+    # The recorded command names no directory of this machine (as bench_compare's reports).
+    "$PYTHON" -c 'import sys; sys.path.insert(0, "scripts"); from bench_compare import make_portable; make_portable(sys.argv[1])' \
+        "$OUT/OpenELM-3B-bf16-b$BATCH_3B-ckpt.json" >/dev/null
 }
 
 smoke() {

@@ -77,6 +77,19 @@ fn gpu_bench_script_runs_every_part_on_the_cpu() {
     assert_eq!(steps, [1, 2, 3, 4]);
     assert!(stderr.contains("resumed"), "{stderr}");
 
+    // Committed reports name no directory of the machine that made them.
+    let root = workspace_root().display().to_string();
+    let temp = dir.path().display().to_string();
+    for report in [&rust, &b3] {
+        let command = report["command"].as_str().expect("command");
+        assert!(
+            command.contains("bench --model")
+                && !command.contains(&root)
+                && !command.contains(&temp),
+            "{command}"
+        );
+    }
+
     let env = std::fs::read_to_string(out.join("env.txt")).expect("env.txt");
     assert!(
         env.contains("commit: ") && env.contains("torch: 2.11.0"),
