@@ -5,10 +5,12 @@
 # (`nccl` implies `cuda`)
 # and copied along with the repository.
 #
-#   scripts/gpu_bench.sh [compare|bench3b|smoke|all]     (default: all)
+#   scripts/gpu_bench.sh [compare|kernels|bench3b|smoke|all]     (default: all)
 #
 # compare  corenet bench against scripts/bench_pytorch_reference.py, interleaved, per size in
 #          GPU_BENCH_SIZES ("MODEL:MICRO_BATCH ..."), bf16, T=GPU_BENCH_SEQ
+# kernels  corenet bench of the first size with the other RMSNorm and KV-sharing kernels
+#          (--rms-norm native, --gqa enable-gqa), to decide the CUDA defaults
 # bench3b  corenet bench of OpenELM-3B with activation checkpointing (the reference has none)
 # smoke    a short OpenELM-3B training run from recipes/openelm-3B.yaml on the sample shards:
 #          stop with a checkpoint half-way, resume, finish; fails unless every step is logged
@@ -17,7 +19,8 @@
 #   CORENET_BIN [target/release/corenet]   PYTHON [python3, must import torch]
 #   GPU_BENCH_OUT [docs/bench/<date>-<gpu>] GPU_BENCH_DEVICE [cuda]   GPU_BENCH_REPS [3]
 #   GPU_BENCH_SIZES ["OpenELM-270M:8 OpenELM-450M:8 OpenELM-1_1B:4"]   GPU_BENCH_SEQ [2048]
-#   GPU_BENCH_STEPS [20]   GPU_BENCH_3B_BATCH [4]   GPU_BENCH_SAMPLE [data/sample]
+#   GPU_BENCH_STEPS [20]   GPU_BENCH_WARMUP [5]   GPU_BENCH_SPLIT [5] (compare, kernels)
+#   GPU_BENCH_3B_BATCH [4]   GPU_BENCH_SAMPLE [data/sample]
 #   GPU_BENCH_3B_SETS, GPU_BENCH_SMOKE_SETS: extra `--set` arguments for bench3b and the smoke
 #   run (a CPU rehearsal, tests/gpu_bench_rehearsal.rs, shrinks the model with them);
 #   GPU_BENCH_SMOKE_STEPS [12]
@@ -35,6 +38,8 @@ REPS="${GPU_BENCH_REPS:-3}"
 SIZES="${GPU_BENCH_SIZES:-OpenELM-270M:8 OpenELM-450M:8 OpenELM-1_1B:4}"
 SEQ="${GPU_BENCH_SEQ:-2048}"
 STEPS="${GPU_BENCH_STEPS:-20}"
+WARMUP="${GPU_BENCH_WARMUP:-5}"
+SPLIT="${GPU_BENCH_SPLIT:-5}"
 BATCH_3B="${GPU_BENCH_3B_BATCH:-4}"
 SMOKE_STEPS="${GPU_BENCH_SMOKE_STEPS:-12}"
 SAMPLE="${GPU_BENCH_SAMPLE:-data/sample}"
@@ -82,7 +87,28 @@ compare() {
         "$PYTHON" scripts/bench_compare.py --reps "$REPS" --rust-bin "$BIN" --python "$PYTHON" \
             --label "$model-b$batch" --out "$OUT/$model-bf16-b$batch" -- \
             --model "$model" --seq "$SEQ" --micro-batch "$batch" --precision bf16 \
-            --device "$DEVICE" --steps "$STEPS" --warmup 5 --split-steps 5
+            --device "$DEVICE" --steps "$STEPS" --warmup "$WARMUP" --split-steps "$SPLIT"
+    done
+}
+
+# Rewrites a report's recorded command so it names no directory of this machine.
+portable() {
+    "$PYTHON" -c 'import sys; sys.path.insert(0, "scripts"); from bench_compare import make_portable; make_portable(sys.argv[1])' \
+        "$1" >/dev/null
+}
+
+kernels() {
+    local first="${SIZES%% *}"
+    local model="${first%%:*}" batch="${first##*:}"
+    mkdir -p "$OUT/kernels"
+    for variant in "native auto" "composite enable-gqa" "native enable-gqa"; do
+        local norm="${variant% *}" gqa="${variant#* }"
+        local json="$OUT/kernels/$model-bf16-b$batch-$norm-$gqa.json"
+        log "kernels $model B=$batch rms_norm=$norm gqa=$gqa"
+        "$BIN" bench --model "$model" --seq "$SEQ" --micro-batch "$batch" --precision bf16 \
+            --device "$DEVICE" --steps "$STEPS" --warmup "$WARMUP" --split-steps "$SPLIT" \
+            --rms-norm "$norm" --gqa "$gqa" --json "$json"
+        portable "$json"
     done
 }
 
@@ -91,9 +117,7 @@ bench3b() {
     "$BIN" bench --model OpenELM-3B --seq "$SEQ" --micro-batch "$BATCH_3B" --precision bf16 \
         --device "$DEVICE" --activation-checkpointing --steps "$STEPS" --warmup 3 --split-steps 3 \
         --json "$OUT/OpenELM-3B-bf16-b$BATCH_3B-ckpt.json" "${SETS_3B[@]}"
-    # The recorded command names no directory of this machine (as bench_compare's reports).
-    "$PYTHON" -c 'import sys; sys.path.insert(0, "scripts"); from bench_compare import make_portable; make_portable(sys.argv[1])' \
-        "$OUT/OpenELM-3B-bf16-b$BATCH_3B-ckpt.json" >/dev/null
+    portable "$OUT/OpenELM-3B-bf16-b$BATCH_3B-ckpt.json"
 }
 
 smoke() {
@@ -130,9 +154,10 @@ smoke() {
 write_env
 case "$WHAT" in
     compare) compare ;;
+    kernels) kernels ;;
     bench3b) bench3b ;;
     smoke) smoke ;;
-    all) compare; bench3b; smoke ;;
-    *) log "unknown part '$WHAT' (compare|bench3b|smoke|all)"; exit 2 ;;
+    all) compare; kernels; bench3b; smoke ;;
+    *) log "unknown part '$WHAT' (compare|kernels|bench3b|smoke|all)"; exit 2 ;;
 esac
 log "reports in $OUT"

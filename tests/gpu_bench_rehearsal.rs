@@ -34,6 +34,8 @@ fn gpu_bench_script_runs_every_part_on_the_cpu() {
         .env("GPU_BENCH_SIZES", "gpt-test:2")
         .env("GPU_BENCH_SEQ", "32")
         .env("GPU_BENCH_STEPS", "2")
+        .env("GPU_BENCH_WARMUP", "1")
+        .env("GPU_BENCH_SPLIT", "1")
         .env("GPU_BENCH_3B_BATCH", "1")
         .env(
             "GPU_BENCH_3B_SETS",
@@ -58,6 +60,11 @@ fn gpu_bench_script_runs_every_part_on_the_cpu() {
     assert!(ratio > 0.0 && ratio.is_finite(), "{summary}");
     let rust = read_json(&out.join("gpt-test-bf16-b2/rust-r0.json"));
     assert!(rust["tokens_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{rust}");
+
+    // kernels: the first size again with the other RMSNorm and KV-sharing kernels.
+    let k = read_json(&out.join("kernels/gpt-test-bf16-b2-native-enable-gqa.json"));
+    assert_eq!(k["rms_norm"], "native", "{k}");
+    assert_eq!(k["gqa"], "enable_gqa", "{k}");
 
     // bench3b: the 3B shape (shrunk here) with activation checkpointing.
     let b3 = read_json(&out.join("OpenELM-3B-bf16-b1-ckpt.json"));

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use corenet_model::kernel_choice::{self, GqaKernel, RmsNormKernel};
 use corenet_train::bench::{self, BenchConfig, BenchReport};
 use corenet_train::overrides::Override;
 use corenet_train::recipe::{DeviceChoice, Precision};
@@ -14,6 +15,19 @@ use corenet_train::recipe::{DeviceChoice, Precision};
 enum PrecisionArg {
     Bf16,
     F32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RmsNormArg {
+    Composite,
+    Native,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GqaArg {
+    Auto,
+    EnableGqa,
+    RepeatInterleave,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -56,6 +70,12 @@ pub struct BenchArgs {
     /// Intra-op CPU threads (libtorch's default when unset).
     #[arg(long)]
     threads: Option<usize>,
+    /// RMSNorm kernel: CoreNet's composite or libtorch's `rms_norm` (to time both on a device).
+    #[arg(long, value_enum, default_value = "composite")]
+    rms_norm: RmsNormArg,
+    /// How KV heads are shared: auto (enable-gqa on CPU, repeat-interleave on CUDA), or forced.
+    #[arg(long, value_enum, default_value = "auto")]
+    gqa: GqaArg,
     /// Peak learning rate of the AdamW steps.
     #[arg(long, default_value_t = 5.3e-3)]
     lr: f64,
@@ -72,6 +92,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let model = bench::model_config(&args.model, &overrides)
         .with_context(|| format!("model {}", args.model))?;
+    kernel_choice::set_rms_norm(match args.rms_norm {
+        RmsNormArg::Composite => RmsNormKernel::Composite,
+        RmsNormArg::Native => RmsNormKernel::Native,
+    });
+    kernel_choice::set_gqa(match args.gqa {
+        GqaArg::Auto => GqaKernel::Auto,
+        GqaArg::EnableGqa => GqaKernel::EnableGqa,
+        GqaArg::RepeatInterleave => GqaKernel::RepeatInterleave,
+    });
     let config = BenchConfig {
         seq_len: args.seq,
         micro_batch: args.micro_batch,

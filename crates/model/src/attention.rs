@@ -4,6 +4,7 @@
 use tch::{nn, Kind, Tensor};
 
 use crate::init::normal;
+use crate::kernel_choice::{self, GqaKernel};
 use crate::kv_cache::LayerCache;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
@@ -132,7 +133,12 @@ impl Attention {
 /// `enable_gqa` directly, which saves the copies (about 20-30 % of the attention time at the
 /// tiny recipe's shape, docs/performance.md); on CUDA not every fused backend accepts it and one
 /// that does not would fall back to the math kernel, so the GPU path keeps CoreNet's
-/// `repeat_interleave` until it is measured.
+/// `repeat_interleave` until it is measured. [`kernel_choice::set_gqa`] overrides this (for
+/// benchmarks).
 pub fn native_gqa(device: tch::Device) -> bool {
-    !device.is_cuda()
+    match kernel_choice::gqa() {
+        GqaKernel::Auto => !device.is_cuda(),
+        GqaKernel::EnableGqa => true,
+        GqaKernel::RepeatInterleave => false,
+    }
 }

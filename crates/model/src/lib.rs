@@ -13,6 +13,7 @@ pub mod flops;
 pub mod generate;
 pub mod hf;
 pub mod init;
+pub mod kernel_choice;
 pub mod kv_cache;
 pub mod norm;
 pub mod openelm;

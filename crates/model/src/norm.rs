@@ -2,10 +2,13 @@
 //!
 //! Two implementations of the same arithmetic: libtorch's `at::rms_norm` (one call from Rust;
 //! in libtorch 2.11 it upcasts to f32, normalises, casts back with `type_as` and multiplies by
-//! the weight, exactly CoreNet's order) and the composite spelled out op by op. `forward` uses
-//! [`RMS_NORM_IMPL`]; docs/performance.md has the comparison that chose it.
+//! the weight, exactly CoreNet's order) and the composite spelled out op by op. `forward` runs
+//! the one [`crate::kernel_choice::rms_norm`] selects (the composite unless a benchmark asks);
+//! docs/performance.md has the comparison that chose the default.
 
 use tch::{nn, Kind, Tensor};
+
+use crate::kernel_choice::{self, RmsNormKernel};
 
 #[derive(Debug)]
 pub struct RmsNorm {
@@ -15,9 +18,6 @@ pub struct RmsNorm {
 
 /// CoreNet never passes eps, so every norm (q/k norms included) uses the class default.
 pub const RMS_NORM_EPS: f64 = 1e-6;
-
-/// Which implementation [`RmsNorm::forward`] runs: "native" or "composite".
-pub const RMS_NORM_IMPL: &str = "composite";
 
 impl RmsNorm {
     pub fn new(path: &nn::Path, dim: usize) -> Self {
@@ -29,10 +29,9 @@ impl RmsNorm {
 
     /// x: (..., C) -> (..., C), normalised over the last axis.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if RMS_NORM_IMPL == "native" {
-            self.forward_native(x)
-        } else {
-            self.forward_composite(x)
+        match kernel_choice::rms_norm() {
+            RmsNormKernel::Native => self.forward_native(x),
+            RmsNormKernel::Composite => self.forward_composite(x),
         }
     }
 

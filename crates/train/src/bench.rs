@@ -480,7 +480,7 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
             "repeat_interleave"
         }
         .into(),
-        rms_norm: corenet_model::norm::RMS_NORM_IMPL.into(),
+        rms_norm: corenet_model::kernel_choice::rms_norm().name().into(),
         fused_adamw: config.optimizer.fused,
         pinned_input: tokens.pinned,
         final_loss,
