@@ -166,8 +166,8 @@ pub fn foreach_grad_norm(grads: &[Tensor]) -> Result<Tensor> {
 /// into a zeroed buffer, and the buffers are free until then. At OpenELM-270M's shape on the
 /// CPU this took the backward pass from 11 % slower than PyTorch's to level with it
 /// (docs/performance.md).
-pub fn clear_gradients(params: &[Tensor]) -> Result<()> {
-    let ptrs: Vec<*const torch_sys::C_tensor> = params.iter().map(|p| p.as_ptr()).collect();
+pub fn clear_gradients<'a>(params: impl IntoIterator<Item = &'a Tensor>) -> Result<()> {
+    let ptrs: Vec<*const torch_sys::C_tensor> = params.into_iter().map(Tensor::as_ptr).collect();
     // SAFETY: `ptrs` holds live, defined tensor pointers (the shim rejects undefined ones).
     let err = unsafe { shim::shim_clear_grads(ptrs.as_ptr(), ptrs.len()) };
     shim::check(err).map_err(|m| fused_err("clear_gradients", m))

@@ -193,12 +193,7 @@ impl AdamW {
 
     /// Drops every gradient (PyTorch's default `set_to_none`), see [`clear_gradients`].
     pub fn zero_grad(&self) -> Result<()> {
-        let params: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.param.shallow_clone())
-            .collect();
-        clear_gradients(&params)
+        clear_gradients(self.params.iter().map(|p| &p.param))
     }
 
     /// One AdamW update at learning rate `lr` (PyTorch's AdamW arithmetic). Where `found_inf`

@@ -288,8 +288,7 @@ impl ShardedAdamW {
 
     /// Drops every replica gradient (PyTorch's default `set_to_none`), see [`clear_gradients`].
     pub fn zero_grad(&self) -> Result<()> {
-        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
-        clear_gradients(&params)
+        clear_gradients(self.params.iter().map(|(_, p)| p))
     }
 
     /// A collective: every rank must call it. Rank 0 receives the whole optimizer state in the

@@ -297,11 +297,11 @@ impl Trainer {
             ?device,
             "trainer ready"
         );
-        let recipe_lagged = recipe
-            .trainer
-            .lagged_reads
-            .unwrap_or_else(|| device.is_cuda());
         Ok(Trainer {
+            lagged: recipe
+                .trainer
+                .lagged_reads
+                .unwrap_or_else(|| device.is_cuda()),
             recipe,
             device,
             _vs: vs,
@@ -324,7 +324,6 @@ impl Trainer {
             last_saved,
             stop_agreed: false,
             stages,
-            lagged: recipe_lagged,
         })
     }
 

@@ -68,8 +68,7 @@ impl Task {
 }
 
 /// One item: a request per choice, the length of each choice's text for acc_norm (in
-/// characters, as the harness's Python `len`), and
-/// the index of the right choice.
+/// characters, as the harness's Python `len`), and the index of the right choice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doc {
     pub requests: Vec<Request>,
