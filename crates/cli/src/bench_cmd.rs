@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use corenet_model::kernel_choice::{self, GqaKernel, RmsNormKernel};
 use corenet_train::bench::{self, BenchConfig, BenchReport};
-use corenet_train::overrides::Override;
+use corenet_train::recipe::overrides::Override;
 use corenet_train::recipe::{DeviceChoice, Precision};
 
 #[derive(Clone, Copy, ValueEnum)]

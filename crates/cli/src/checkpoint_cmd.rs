@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use corenet_train::checkpoint_store::CheckpointStore;
-use corenet_train::train_state::MODEL_FILE;
+use corenet_train::checkpoint::contents::MODEL_FILE;
+use corenet_train::checkpoint::store::CheckpointStore;
 
 #[derive(Subcommand)]
 pub enum CheckpointCommand {
@@ -59,7 +59,7 @@ fn average(args: &AverageArgs) -> anyhow::Result<()> {
         );
     }
     let files: Vec<PathBuf> = picked.iter().map(|e| e.dir.join(MODEL_FILE)).collect();
-    corenet_train::average::average_model_files(&files, &args.out)?;
+    corenet_train::checkpoint::average::average_model_files(&files, &args.out)?;
     let steps: Vec<u64> = picked.iter().map(|e| e.step).collect();
     println!("averaged steps {steps:?} into {}", args.out.display());
     Ok(())

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use corenet_data::{DataConfig, SampleOptions, SourceConfig, StatsReport};
-use corenet_train::overrides::{apply_overrides, from_tree, parse_yaml_value, Override};
+use corenet_train::recipe::overrides::{apply_overrides, from_tree, parse_yaml_value, Override};
 
 use crate::number::{si, thousands};
 

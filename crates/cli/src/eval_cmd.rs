@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use corenet_data::TextTokenizer;
-use corenet_model::OpenElm;
-use corenet_train::eval::{
+use corenet_eval::{
     check_tokenizer, evaluate, load_docs, perplexity, ModelScorer, PerplexityOptions, Task,
 };
+use corenet_model::OpenElm;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use corenet_model::generate::{generate, SamplingConfig};
 use corenet_model::{OpenElm, OpenElmConfig};
-use corenet_train::train_state::{MODEL_CONFIG_FILE, MODEL_FILE};
+use corenet_train::checkpoint::contents::{MODEL_CONFIG_FILE, MODEL_FILE};
 
 #[derive(Args)]
 pub struct GenerateArgs {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use corenet_ffi::process::{send_signal, Signal};
 
 #[derive(Args)]
 pub struct LaunchArgs {
@@ -64,15 +65,6 @@ fn forward(from: impl Read + Send + 'static, rank: usize, to_stderr: bool) -> Jo
             }
         }
     })
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
 }
 
 pub fn run(args: LaunchArgs) -> anyhow::Result<()> {
@@ -151,21 +143,20 @@ pub fn run(args: LaunchArgs) -> anyhow::Result<()> {
         if interrupted.swap(false, Ordering::SeqCst) {
             terms_sent += 1;
             let sig = if terms_sent == 1 {
-                libc::SIGTERM
+                Signal::Terminate
             } else {
-                libc::SIGKILL
+                Signal::Kill
             };
             tracing::warn!(
                 "signal received: sending {} to the ranks",
-                if sig == libc::SIGTERM {
-                    "SIGTERM (checkpoint and stop)"
-                } else {
-                    "SIGKILL"
+                match sig {
+                    Signal::Terminate => "SIGTERM (checkpoint and stop)",
+                    Signal::Kill => "SIGKILL",
                 }
             );
             for (rank, child) in children.iter().enumerate() {
                 if statuses[rank].is_none() {
-                    signal(child, sig);
+                    send_signal(child, sig);
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use corenet_train::plan::{plan, Gpu, Plan, PlanTarget, USABLE_FRACTION};
+use corenet_train::recipe::plan::{plan, Gpu, Plan, PlanTarget, USABLE_FRACTION};
 
 use crate::number::{si, thousands};
 use crate::recipe_input::RecipeInput;

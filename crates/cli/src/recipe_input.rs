@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use corenet_train::corenet_config::load_corenet_config;
-use corenet_train::overrides::Override;
+use corenet_train::recipe::corenet_yaml::load_corenet_config;
+use corenet_train::recipe::overrides::Override;
 use corenet_train::Recipe;
 
 #[derive(Args)]

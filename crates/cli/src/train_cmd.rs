@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use corenet_train::dist::DistEnv;
-use corenet_train::dry_run::dry_run;
+use corenet_train::recipe::dry_run::dry_run;
 use corenet_train::{Resume, TrainOptions, Trainer};
 
 use crate::recipe_input::RecipeInput;

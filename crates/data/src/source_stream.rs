@@ -304,7 +304,7 @@ impl SourceStream {
                 epoch: self.state.epoch,
             });
         }
-        tracing::debug!(source = %self.pipe.sources[self.index].name, epoch = self.state.epoch, "epoch done");
+        tracing::info!(source = %self.pipe.sources[self.index].name, epoch = self.state.epoch, rank = self.shard.rank, worker = self.shard.worker, "source epoch done: its shards are read again, reshuffled");
         self.state = SourceState {
             epoch: self.state.epoch + 1,
             ..SourceState::default()

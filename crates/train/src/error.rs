@@ -117,26 +117,16 @@ pub enum Error {
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
 
-    /// A line of an evaluation task file is not a JSON object (`line` counts from 1).
-    #[error("{path} line {line}: {message}")]
-    EvalLine {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    /// A kernel, device event or device query of the C++ shim failed (corenet-ffi); its
+    /// distributed and rendezvous failures arrive as [`Error::Dist`] and [`Error::Env`].
+    #[error(transparent)]
+    Ffi(corenet_ffi::Error),
 
-    /// A field of an evaluation task item is missing or malformed (`line` counts from 1).
-    #[error("{path} line {line}: field `{field}`: {message}")]
-    EvalField {
-        path: PathBuf,
-        line: usize,
-        field: String,
-        message: String,
-    },
-
-    /// A multi-tensor kernel of the C++ shim (`_fused_adamw_`, `_foreach_norm`) failed.
-    #[error("{op}: {message}")]
-    Fused { op: String, message: String },
+    /// The data stream ended before the step budget was spent. Sources cycle through epochs,
+    /// so a stream only ends after it has reported a data error (which the trainer returned
+    /// first); `step` is the optimizer step that asked for the batch.
+    #[error("the data stream ended at step {step} of {steps}: a stream stops after a data error, reported before this one; fix the data and resume from the last checkpoint")]
+    DataEnded { step: u64, steps: u64 },
 }
 
 impl Error {
@@ -154,6 +144,18 @@ impl Error {
         Error::Config {
             key: key.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<corenet_ffi::Error> for Error {
+    /// One vocabulary for the trainer's callers: a failed collective is an [`Error::Dist`]
+    /// whether the trainer or c10d noticed it, a bad rendezvous value an [`Error::Env`].
+    fn from(e: corenet_ffi::Error) -> Self {
+        match e {
+            corenet_ffi::Error::Dist { op, message } => Error::Dist { op, message },
+            corenet_ffi::Error::Rendezvous { var, message } => Error::Env { var, message },
+            other => Error::Ffi(other),
         }
     }
 }

@@ -1,44 +1,30 @@
-//! corenet-train: recipes, AdamW, LR schedules, mixed precision, checkpoints and logs.
+//! corenet-train: from a recipe to a trained, checkpointed model. The folders follow a run's
+//! life (docs/architecture.md walks through them):
 //!
-//! - [`schedule`]: CoreNet's LR schedules (cosine with linear warmup, exact to 8 decimals).
-//! - [`tensorboard`]: a small TensorBoard event-file writer and a verifying reader.
-//! - [`checkpoint_store`]: atomic, checksummed, pruned checkpoint directories.
-//! - [`metrics`]: JSONL metrics sink, throughput/ETA and MFU.
-//! - [`eval`]: perplexity on a held-out shard and lm-eval-harness style zero-shot multiple choice.
-//! - [`overrides`]: `--set a.b.c=value` on a value tree, and deserialization that names key paths.
-//! - [`plan`]: parameters, tokens, FLOPs, memory per GPU and GPU-hours of a recipe, no model built.
-//! - [`dry_run`]: every check of a run plus one optimizer step, nothing written.
-//! - [`corenet_config`]: CoreNet's own YAML mapped onto a recipe.
-//! - [`readback`]: step values copied to the host behind the device's work, read a step later.
+//! - [`recipe`]: YAML recipes, `--set` overrides, CoreNet YAML import, the planner, dry runs.
+//! - [`step`]: the training loop and the optimizer step it shares with the benchmark:
+//!   forward/backward, loss, gradient accumulation.
+//! - [`optim`]: AdamW (replicated or ZeRO-1 sharded) and the LR schedules.
+//! - [`dist`]: the launcher environment and data parallelism over c10d (corenet-ffi).
+//! - [`checkpoint`]: the checkpoint store, what a checkpoint holds, resume resolution,
+//!   averaging.
+//! - [`log`]: metrics JSONL, TensorBoard, progress and throughput/MFU, owned by one run log.
+//! - [`bench`]: `corenet bench`, timing the trainer's own step on synthetic tokens.
+//!
+//! No `unsafe` here: every call into C++ goes through corenet-ffi's safe wrappers.
 
-pub mod checkpoint_store;
-pub mod corenet_config;
-pub mod dry_run;
-pub mod error;
-pub mod eval;
-pub mod metrics;
-pub mod overrides;
-pub mod plan;
-pub mod schedule;
-pub mod tensorboard;
+#![forbid(unsafe_code)]
 
-pub use error::{Error, Result};
-pub mod loss;
-pub mod optim;
-pub mod optimizer;
-pub mod readback;
-pub mod recipe;
-pub mod recompute;
-pub mod sharded_adamw;
-pub mod train_state;
-pub mod trainer;
-
-pub use recipe::Recipe;
-pub use trainer::{Resume, RunSummary, TrainOptions, Trainer};
-pub mod average;
 pub mod bench;
-pub mod data_parallel;
-pub mod device_info;
+pub mod checkpoint;
 pub mod dist;
-pub mod fused;
-mod shim;
+pub mod error;
+pub mod log;
+pub mod optim;
+pub mod recipe;
+pub mod step;
+
+pub use checkpoint::Resume;
+pub use error::{Error, Result};
+pub use recipe::Recipe;
+pub use step::{RunSummary, TrainOptions, Trainer};

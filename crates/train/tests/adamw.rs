@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use corenet_model::weights::tensor_from_view;
-use corenet_train::optim::{AdamW, OptimizerConfig};
+use corenet_train::optim::adamw::{AdamW, OptimizerConfig};
 use tch::{Kind, Tensor};
 
 fn load(path: &Path) -> HashMap<String, Tensor> {

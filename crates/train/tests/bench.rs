@@ -2,7 +2,7 @@
 //! and clear errors for bad arguments. No speed is asserted here (targets live in the docs).
 
 use corenet_train::bench::{self, BenchConfig, BenchReport};
-use corenet_train::overrides::Override;
+use corenet_train::recipe::overrides::Override;
 use corenet_train::recipe::{DeviceChoice, Precision};
 
 /// gpt-test shrunk to a few thousand parameters.

@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
-use corenet_train::corenet_config::{expand_file_name, import_corenet_tree, load_corenet_config};
-use corenet_train::overrides::{parse_yaml_value, Override};
+use corenet_train::recipe::corenet_yaml::{
+    expand_file_name, import_corenet_tree, load_corenet_config,
+};
+use corenet_train::recipe::overrides::{parse_yaml_value, Override};
 use corenet_train::recipe::Precision;
 use corenet_train::{Error, Recipe};
 use serde_json::Value;

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use corenet_train::checkpoint::contents::TrainState;
 use corenet_train::dist::DistEnv;
-use corenet_train::metrics::read_metrics;
-use corenet_train::overrides::Override;
-use corenet_train::train_state::TrainState;
+use corenet_train::log::metrics::read_metrics;
+use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
 use serde_json::Value;
 

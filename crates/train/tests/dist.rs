@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corenet_train::dist::{Backend, DistEnv, ProcessGroup, ReduceOp};
+use corenet_ffi::Error as FfiError;
+use corenet_train::dist::{self, Backend, DistEnv, ReduceOp};
 use corenet_train::Error;
 use tch::{Device, Kind, Tensor};
 
@@ -119,7 +120,7 @@ fn cpu(values: &[f32]) -> Tensor {
 // ---------------------------------------------------------------------------------------------
 
 fn collectives_child() {
-    let pg = ProcessGroup::from_env(Backend::Gloo, Duration::from_secs(30)).expect("init");
+    let pg = dist::join_from_env(Backend::Gloo, Duration::from_secs(30)).expect("init");
     let r = pg.rank() as f32;
     let world = pg.world_size();
     assert_eq!(world, 2);
@@ -162,7 +163,7 @@ fn collectives_child() {
     pg.all_reduce_coalesced(&[], ReduceOp::Sum)
         .expect("empty bucket");
     let mixed = pg.all_reduce_coalesced(&[cpu(&[1.0]), Tensor::from_slice(&[1i64])], ReduceOp::Sum);
-    assert!(matches!(mixed, Err(Error::Dist { .. })), "{mixed:?}");
+    assert!(matches!(mixed, Err(FfiError::Dist { .. })), "{mixed:?}");
 
     // reduce_scatter: (r+1) * [0..8) summed = 3 * [0..8); rank r gets elements [4r, 4r+4).
     let input = Tensor::arange(8, (Kind::Float, Device::Cpu)) * f64::from(r + 1.0);
@@ -181,7 +182,7 @@ fn collectives_child() {
         &Tensor::zeros([3], (Kind::Float, Device::Cpu)),
         ReduceOp::Sum,
     );
-    assert!(matches!(bad, Err(Error::Dist { .. })), "{bad:?}");
+    assert!(matches!(bad, Err(FfiError::Dist { .. })), "{bad:?}");
 
     // all_gather: shard [10r, 10r+1, 10r+2] -> [0, 1, 2, 10, 11, 12].
     let shard = cpu(&[10.0 * r, 10.0 * r + 1.0, 10.0 * r + 2.0]);
@@ -237,7 +238,7 @@ const SHORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Rank 1 leaves (killed, or stuck without participating) after a barrier; rank 0's next collective
 /// must fail within the timeout, not hang.
 fn lost_rank_child(role: &str) {
-    let pg = ProcessGroup::from_env(Backend::Gloo, SHORT_TIMEOUT).expect("init");
+    let pg = dist::join_from_env(Backend::Gloo, SHORT_TIMEOUT).expect("init");
     pg.barrier().expect("first barrier");
     if pg.rank() == 1 {
         if role == "kill" {
@@ -256,7 +257,7 @@ fn lost_rank_child(role: &str) {
     let result = pg.all_reduce_sum(&t);
     let elapsed = start.elapsed();
     match result {
-        Err(Error::Dist { op, message }) => {
+        Err(FfiError::Dist { op, message }) => {
             println!("LOST_RANK_ERR op={op} after {elapsed:?}: {message}");
             assert!(
                 elapsed < SHORT_TIMEOUT + Duration::from_secs(5),
@@ -326,7 +327,7 @@ fn single_rank_group_works_in_process() {
     if std::env::var(ROLE_VAR).is_ok() {
         return;
     }
-    let pg = ProcessGroup::new(
+    let pg = dist::join(
         &local_env(0, 1, free_port()),
         Backend::Gloo,
         Duration::from_secs(10),
@@ -348,7 +349,7 @@ fn port_in_use_is_an_error() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
     let start = Instant::now();
-    let err = ProcessGroup::new(&local_env(0, 1, port), Backend::Gloo, SHORT_TIMEOUT)
+    let err = dist::join(&local_env(0, 1, port), Backend::Gloo, SHORT_TIMEOUT)
         .expect_err("the port is taken");
     assert!(
         start.elapsed() < Duration::from_secs(30),
@@ -372,7 +373,7 @@ fn unreachable_master_is_an_error() {
     }
     // Rank 1 of 2 connecting to a port nobody listens on.
     let start = Instant::now();
-    let err = ProcessGroup::new(&local_env(1, 2, free_port()), Backend::Gloo, SHORT_TIMEOUT)
+    let err = dist::join(&local_env(1, 2, free_port()), Backend::Gloo, SHORT_TIMEOUT)
         .expect_err("nobody listens");
     let elapsed = start.elapsed();
     assert!(
@@ -388,7 +389,7 @@ fn invalid_env_is_an_error_naming_the_variable() {
     if std::env::var(ROLE_VAR).is_ok() {
         return;
     }
-    let err = ProcessGroup::new(&local_env(2, 2, 29500), Backend::Gloo, SHORT_TIMEOUT)
+    let err = dist::join(&local_env(2, 2, 29500), Backend::Gloo, SHORT_TIMEOUT)
         .expect_err("rank >= world size");
     match &err {
         Error::Env { var, message } => {
@@ -423,7 +424,7 @@ fn nccl_without_the_feature_is_an_error() {
     if std::env::var(ROLE_VAR).is_ok() {
         return;
     }
-    let err = ProcessGroup::new(&local_env(0, 1, free_port()), Backend::Nccl, SHORT_TIMEOUT)
+    let err = dist::join(&local_env(0, 1, free_port()), Backend::Nccl, SHORT_TIMEOUT)
         .expect_err("not compiled in");
     assert!(err.to_string().contains("nccl"), "{err}");
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use corenet_model::hf::export_hf;
 use corenet_model::OpenElm;
-use corenet_train::overrides::Override;
+use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
 use serde_json::Value;
 use tch::{nn, Device};

@@ -1,7 +1,7 @@
 //! The planner's arithmetic on a case small enough to compute by hand, and its batch and
 //! time arithmetic.
 
-use corenet_train::plan::{memory_plan, plan, Gpu, PlanTarget};
+use corenet_train::recipe::plan::{memory_plan, plan, Gpu, PlanTarget};
 use corenet_train::Recipe;
 use serde_json::json;
 

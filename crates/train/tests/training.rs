@@ -6,9 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use corenet_train::metrics::read_metrics;
-use corenet_train::overrides::Override;
-use corenet_train::tensorboard::read_events;
+use corenet_train::log::metrics::read_metrics;
+use corenet_train::log::tensorboard::read_events;
+use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
 use serde_json::Value;
 
@@ -50,7 +50,7 @@ fn run(
 
 /// The step of the newest checkpoint of `r` that verifies.
 fn newest_checkpoint_step(r: &Recipe) -> u64 {
-    corenet_train::checkpoint_store::CheckpointStore::new(r.checkpoint_dir(), 0)
+    corenet_train::checkpoint::store::CheckpointStore::new(r.checkpoint_dir(), 0)
         .expect("store")
         .latest_valid()
         .expect("list")

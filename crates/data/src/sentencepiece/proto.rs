@@ -1,7 +1,11 @@
-//! `sentencepiece_model.proto` decoded by hand: varints and length-delimited fields are all a
-//! `tokenizer.model` needs, so no protobuf crate.
+//! `sentencepiece_model.proto` decoded with `prost` from hand-written message structs: only the
+//! fields the encoder reads are declared, so everything else in a `tokenizer.model` (and any
+//! field a later SentencePiece adds) is skipped as unknown, and no protoc or build script is
+//! needed.
 
 use std::path::Path;
+
+use prost::Message as _;
 
 use crate::error::{Error, Result};
 
@@ -78,16 +82,8 @@ pub struct TrainerSpec {
 impl Default for TrainerSpec {
     /// The proto2 defaults of `sentencepiece_model.proto`.
     fn default() -> Self {
-        TrainerSpec {
-            model_type: ModelType::Unigram,
-            vocab_size: 8000,
-            byte_fallback: false,
-            treat_whitespace_as_suffix: false,
-            unk_id: 0,
-            bos_id: 1,
-            eos_id: 2,
-            pad_id: -1,
-        }
+        // One copy of the defaults: the `default = ...` attributes of the wire struct.
+        Self::from(&wire::TrainerSpec::default())
     }
 }
 
@@ -107,13 +103,7 @@ pub struct NormalizerSpec {
 impl Default for NormalizerSpec {
     /// The proto2 defaults of `sentencepiece_model.proto`.
     fn default() -> Self {
-        NormalizerSpec {
-            name: String::new(),
-            precompiled_charsmap: Vec::new(),
-            add_dummy_prefix: true,
-            remove_extra_whitespaces: true,
-            escape_whitespaces: true,
-        }
+        Self::from(wire::NormalizerSpec::default())
     }
 }
 
@@ -134,282 +124,165 @@ impl SentencePieceModel {
 
     /// Decodes `ModelProto` bytes; `path` only names the origin in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        decode_model(bytes).map_err(|e| {
-            let mut message = e.message;
-            if bytes.first() == Some(&b'{') {
-                message.push_str(" (the file looks like JSON: a tokenizer.json?)");
-            }
-            Error::SentencePieceDecode {
-                path: path.to_path_buf(),
-                offset: e.offset,
-                message,
-            }
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Protobuf wire format.
-
-/// A decoding failure at a byte offset of the file.
-#[derive(Debug)]
-struct DecodeError {
-    offset: usize,
-    message: String,
-}
-
-/// Cursor over one (sub)message; `base` is its offset within the file, for error positions.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    base: usize,
-}
-
-/// A field's payload.
-enum Value<'a> {
-    Varint(u64),
-    Fixed64,
-    Bytes(&'a [u8], usize),
-    Fixed32(u32),
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], base: usize) -> Self {
-        Reader { buf, pos: 0, base }
-    }
-
-    fn err(&self, at: usize, message: impl Into<String>) -> DecodeError {
-        DecodeError {
-            offset: self.base + at,
-            message: message.into(),
-        }
-    }
-
-    fn varint(&mut self) -> std::result::Result<u64, DecodeError> {
-        let start = self.pos;
-        let mut value = 0u64;
-        for shift in (0..70).step_by(7) {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(self.err(start, "truncated varint"));
-            };
-            self.pos += 1;
-            if shift == 63 && b > 1 {
-                return Err(self.err(start, "varint longer than 64 bits"));
-            }
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
+        // Decoding through a cursor we own (rather than `decode(bytes)`) leaves it where prost
+        // stopped, which is the only position a failure comes with.
+        let mut rest = bytes;
+        let mut proto = wire::ModelProto::default();
+        match proto.merge(&mut rest) {
+            Ok(()) => Ok(proto.into()),
+            Err(e) => {
+                let mut message = describe(&e, rest.is_empty());
+                if bytes.first() == Some(&b'{') {
+                    message.push_str(" (the file looks like JSON: a tokenizer.json?)");
+                }
+                Err(Error::SentencePieceDecode {
+                    path: path.to_path_buf(),
+                    offset: bytes.len() - rest.len(),
+                    message,
+                })
             }
         }
-        Err(self.err(start, "varint longer than 10 bytes"))
-    }
-
-    fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], DecodeError> {
-        let start = self.pos;
-        let end = start
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                self.err(
-                    start,
-                    format!(
-                        "truncated {what}: needs {n} bytes, {} left",
-                        self.buf.len() - start
-                    ),
-                )
-            })?;
-        self.pos = end;
-        Ok(&self.buf[start..end])
-    }
-
-    /// The next `(field number, value)`, or `None` at the end of the message.
-    fn field(&mut self) -> std::result::Result<Option<(u32, Value<'a>)>, DecodeError> {
-        if self.pos >= self.buf.len() {
-            return Ok(None);
-        }
-        let at = self.pos;
-        let key = self.varint()?;
-        let field = key >> 3;
-        if field == 0 || field > u64::from(u32::MAX >> 3) {
-            return Err(self.err(at, format!("invalid field number {field}")));
-        }
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                self.take(8, "fixed64 field")?;
-                Value::Fixed64
-            }
-            2 => {
-                let len = self.varint()?;
-                let len = usize::try_from(len)
-                    .map_err(|_| self.err(at, format!("field length {len} too large")))?;
-                let offset = self.base + self.pos;
-                Value::Bytes(self.take(len, "length-delimited field")?, offset)
-            }
-            5 => {
-                let b = self.take(4, "fixed32 field")?;
-                Value::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
-            }
-            w => {
-                return Err(self.err(
-                    at,
-                    format!("unsupported wire type {w} for field {field} (not a ModelProto)"),
-                ))
-            }
-        };
-        Ok(Some((field as u32, value)))
     }
 }
 
-fn wrong_type(offset: usize, message: &str, field: u32, expected: &str) -> DecodeError {
-    DecodeError {
-        offset,
-        message: format!("{message}.{field}: wrong wire type (expected {expected})"),
+/// Turns a prost failure into this crate's message, saying "truncated" when the input ran out.
+///
+/// prost exposes no error kind, only its `Display` ("failed to decode Protobuf message:
+/// ModelProto.pieces: SentencePiece.piece: buffer underflow"), so the kind is read from that
+/// text; the truncation tests pin it. prost raises "buffer underflow" only when a length or a
+/// fixed-size value runs past the end of the whole input, and "invalid varint" with nothing left
+/// means the input ended inside a varint: that is what a cut-off download looks like, but also
+/// what garbage does once prost has skipped it as unknown fields or groups, hence the hedge.
+fn describe(e: &prost::DecodeError, at_end: bool) -> String {
+    let full = e.to_string();
+    let detail = full
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(&full);
+    if detail.ends_with("buffer underflow") {
+        format!("truncated (or not a ModelProto): a field runs past the end of the file ({detail})")
+    } else if at_end && detail.ends_with("invalid varint") {
+        format!("truncated (or not a ModelProto): the file ends inside a varint ({detail})")
+    } else {
+        format!("{detail} (not a ModelProto)")
     }
 }
 
-/// Proto `int32`/enum from a varint (negative values are sign-extended to 64 bits).
-fn as_i32(v: &Value, at: usize, msg: &str, field: u32) -> std::result::Result<i32, DecodeError> {
-    match v {
-        Value::Varint(x) => Ok(*x as i64 as i32),
-        _ => Err(wrong_type(at, msg, field, "varint")),
+/// The wire messages, declared by hand with the field numbers and proto2 defaults of
+/// `sentencepiece_model.proto` (see the table in the module docs of `sentencepiece`).
+///
+/// Scalars are `optional` with prost's `default`, so the generated getters give proto2's
+/// answer for an absent field. Enums are declared `int32`, their wire encoding, so a value this
+/// reader does not know survives as `Other(n)` instead of being folded into the default.
+mod wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ModelProto {
+        #[prost(message, repeated, tag = "1")]
+        pub pieces: Vec<SentencePiece>,
+        #[prost(message, optional, tag = "2")]
+        pub trainer_spec: Option<TrainerSpec>,
+        #[prost(message, optional, tag = "3")]
+        pub normalizer_spec: Option<NormalizerSpec>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SentencePiece {
+        #[prost(string, optional, tag = "1")]
+        pub piece: Option<String>,
+        #[prost(float, optional, tag = "2")]
+        pub score: Option<f32>,
+        /// `Type`, default NORMAL.
+        #[prost(int32, optional, tag = "3", default = "1")]
+        pub r#type: Option<i32>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TrainerSpec {
+        /// `ModelType`, default UNIGRAM.
+        #[prost(int32, optional, tag = "3", default = "1")]
+        pub model_type: Option<i32>,
+        #[prost(int32, optional, tag = "4", default = "8000")]
+        pub vocab_size: Option<i32>,
+        #[prost(bool, optional, tag = "24", default = "false")]
+        pub treat_whitespace_as_suffix: Option<bool>,
+        #[prost(bool, optional, tag = "35", default = "false")]
+        pub byte_fallback: Option<bool>,
+        #[prost(int32, optional, tag = "40", default = "0")]
+        pub unk_id: Option<i32>,
+        #[prost(int32, optional, tag = "41", default = "1")]
+        pub bos_id: Option<i32>,
+        #[prost(int32, optional, tag = "42", default = "2")]
+        pub eos_id: Option<i32>,
+        #[prost(int32, optional, tag = "43", default = "-1")]
+        pub pad_id: Option<i32>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NormalizerSpec {
+        #[prost(string, optional, tag = "1")]
+        pub name: Option<String>,
+        #[prost(bytes = "vec", optional, tag = "2")]
+        pub precompiled_charsmap: Option<Vec<u8>>,
+        #[prost(bool, optional, tag = "3", default = "true")]
+        pub add_dummy_prefix: Option<bool>,
+        #[prost(bool, optional, tag = "4", default = "true")]
+        pub remove_extra_whitespaces: Option<bool>,
+        #[prost(bool, optional, tag = "5", default = "true")]
+        pub escape_whitespaces: Option<bool>,
     }
 }
 
-fn as_bool(v: &Value, at: usize, msg: &str, field: u32) -> std::result::Result<bool, DecodeError> {
-    match v {
-        Value::Varint(x) => Ok(*x != 0),
-        _ => Err(wrong_type(at, msg, field, "varint")),
-    }
-}
-
-fn as_bytes<'a>(
-    v: &Value<'a>,
-    at: usize,
-    msg: &str,
-    field: u32,
-) -> std::result::Result<(&'a [u8], usize), DecodeError> {
-    match v {
-        Value::Bytes(b, off) => Ok((b, *off)),
-        _ => Err(wrong_type(at, msg, field, "length-delimited")),
-    }
-}
-
-fn as_string(
-    v: &Value,
-    at: usize,
-    msg: &str,
-    field: u32,
-) -> std::result::Result<String, DecodeError> {
-    let (b, off) = as_bytes(v, at, msg, field)?;
-    String::from_utf8(b.to_vec()).map_err(|e| DecodeError {
-        offset: off + e.utf8_error().valid_up_to(),
-        message: format!("{msg}.{field}: string is not valid UTF-8"),
-    })
-}
-
-fn decode_model(buf: &[u8]) -> std::result::Result<SentencePieceModel, DecodeError> {
-    let mut model = SentencePieceModel::default();
-    let mut r = Reader::new(buf, 0);
-    loop {
-        let at = r.base + r.pos;
-        let Some((field, value)) = r.field()? else {
-            break;
-        };
-        match field {
-            1 => {
-                let (b, off) = as_bytes(&value, at, "ModelProto", field)?;
-                model.pieces.push(decode_piece(b, off)?);
-            }
-            2 => {
-                let (b, off) = as_bytes(&value, at, "ModelProto", field)?;
-                decode_trainer(b, off, &mut model.trainer_spec)?;
-            }
-            3 => {
-                let (b, off) = as_bytes(&value, at, "ModelProto", field)?;
-                decode_normalizer(b, off, &mut model.normalizer_spec)?;
-            }
-            _ => {}
+impl From<wire::ModelProto> for SentencePieceModel {
+    fn from(m: wire::ModelProto) -> Self {
+        SentencePieceModel {
+            pieces: m.pieces.into_iter().map(Piece::from).collect(),
+            trainer_spec: m
+                .trainer_spec
+                .as_ref()
+                .map(TrainerSpec::from)
+                .unwrap_or_default(),
+            normalizer_spec: m
+                .normalizer_spec
+                .map(NormalizerSpec::from)
+                .unwrap_or_default(),
         }
     }
-    Ok(model)
 }
 
-fn decode_piece(buf: &[u8], base: usize) -> std::result::Result<Piece, DecodeError> {
-    const MSG: &str = "SentencePiece";
-    let mut piece = Piece {
-        piece: String::new(),
-        score: 0.0,
-        kind: PieceType::Normal,
-    };
-    let mut r = Reader::new(buf, base);
-    loop {
-        let at = r.base + r.pos;
-        let Some((field, value)) = r.field()? else {
-            break;
-        };
-        match field {
-            1 => piece.piece = as_string(&value, at, MSG, field)?,
-            2 => match value {
-                Value::Fixed32(bits) => piece.score = f32::from_bits(bits),
-                _ => return Err(wrong_type(at, MSG, field, "fixed32 float")),
-            },
-            3 => piece.kind = PieceType::from_proto(as_i32(&value, at, MSG, field)?),
-            _ => {}
+impl From<wire::SentencePiece> for Piece {
+    fn from(p: wire::SentencePiece) -> Self {
+        Piece {
+            kind: PieceType::from_proto(p.r#type()),
+            score: p.score(),
+            piece: p.piece.unwrap_or_default(),
         }
     }
-    Ok(piece)
 }
 
-fn decode_trainer(
-    buf: &[u8],
-    base: usize,
-    spec: &mut TrainerSpec,
-) -> std::result::Result<(), DecodeError> {
-    const MSG: &str = "TrainerSpec";
-    let mut r = Reader::new(buf, base);
-    loop {
-        let at = r.base + r.pos;
-        let Some((field, value)) = r.field()? else {
-            break;
-        };
-        match field {
-            3 => spec.model_type = ModelType::from_proto(as_i32(&value, at, MSG, field)?),
-            4 => spec.vocab_size = as_i32(&value, at, MSG, field)?,
-            24 => spec.treat_whitespace_as_suffix = as_bool(&value, at, MSG, field)?,
-            35 => spec.byte_fallback = as_bool(&value, at, MSG, field)?,
-            40 => spec.unk_id = as_i32(&value, at, MSG, field)?,
-            41 => spec.bos_id = as_i32(&value, at, MSG, field)?,
-            42 => spec.eos_id = as_i32(&value, at, MSG, field)?,
-            43 => spec.pad_id = as_i32(&value, at, MSG, field)?,
-            _ => {}
+impl From<&wire::TrainerSpec> for TrainerSpec {
+    fn from(t: &wire::TrainerSpec) -> Self {
+        TrainerSpec {
+            model_type: ModelType::from_proto(t.model_type()),
+            vocab_size: t.vocab_size(),
+            byte_fallback: t.byte_fallback(),
+            treat_whitespace_as_suffix: t.treat_whitespace_as_suffix(),
+            unk_id: t.unk_id(),
+            bos_id: t.bos_id(),
+            eos_id: t.eos_id(),
+            pad_id: t.pad_id(),
         }
     }
-    Ok(())
 }
 
-fn decode_normalizer(
-    buf: &[u8],
-    base: usize,
-    spec: &mut NormalizerSpec,
-) -> std::result::Result<(), DecodeError> {
-    const MSG: &str = "NormalizerSpec";
-    let mut r = Reader::new(buf, base);
-    loop {
-        let at = r.base + r.pos;
-        let Some((field, value)) = r.field()? else {
-            break;
-        };
-        match field {
-            1 => spec.name = as_string(&value, at, MSG, field)?,
-            2 => spec.precompiled_charsmap = as_bytes(&value, at, MSG, field)?.0.to_vec(),
-            3 => spec.add_dummy_prefix = as_bool(&value, at, MSG, field)?,
-            4 => spec.remove_extra_whitespaces = as_bool(&value, at, MSG, field)?,
-            5 => spec.escape_whitespaces = as_bool(&value, at, MSG, field)?,
-            _ => {}
+impl From<wire::NormalizerSpec> for NormalizerSpec {
+    fn from(n: wire::NormalizerSpec) -> Self {
+        NormalizerSpec {
+            add_dummy_prefix: n.add_dummy_prefix(),
+            remove_extra_whitespaces: n.remove_extra_whitespaces(),
+            escape_whitespaces: n.escape_whitespaces(),
+            name: n.name.unwrap_or_default(),
+            precompiled_charsmap: n.precompiled_charsmap.unwrap_or_default(),
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -476,5 +349,78 @@ mod tests {
             .expect_err("truncated");
         assert!(err.to_string().contains("x.model"), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn absent_fields_take_the_proto2_defaults() {
+        // An empty file is a valid ModelProto with every field absent.
+        let m = SentencePieceModel::from_bytes(b"", Path::new("x.model")).expect("decodes");
+        assert!(m.pieces.is_empty());
+        let t = &m.trainer_spec;
+        assert_eq!(t.model_type, ModelType::Unigram);
+        assert_eq!(t.vocab_size, 8000);
+        assert!(!t.byte_fallback && !t.treat_whitespace_as_suffix);
+        assert_eq!((t.unk_id, t.bos_id, t.eos_id, t.pad_id), (0, 1, 2, -1));
+        let n = &m.normalizer_spec;
+        assert!(n.name.is_empty() && n.precompiled_charsmap.is_empty());
+        assert!(n.add_dummy_prefix && n.remove_extra_whitespaces && n.escape_whitespaces);
+        assert_eq!(*t, TrainerSpec::default());
+        assert_eq!(*n, NormalizerSpec::default());
+
+        // Present but empty sub-messages, and a piece with no fields.
+        let mut buf = Vec::new();
+        field_bytes(1, &[], &mut buf);
+        field_bytes(2, &[], &mut buf);
+        field_bytes(3, &[], &mut buf);
+        let m = SentencePieceModel::from_bytes(&buf, Path::new("x.model")).expect("decodes");
+        assert_eq!(
+            m.pieces,
+            [Piece {
+                piece: String::new(),
+                score: 0.0,
+                kind: PieceType::Normal
+            }]
+        );
+        assert_eq!(m.trainer_spec, TrainerSpec::default());
+        assert_eq!(m.normalizer_spec, NormalizerSpec::default());
+    }
+
+    #[test]
+    fn unknown_enum_values_are_kept() {
+        let mut buf = Vec::new();
+        field_bytes(1, &piece("x", 0.0, 9), &mut buf);
+        let mut trainer = Vec::new();
+        field_varint(3, 7, &mut trainer);
+        field_bytes(2, &trainer, &mut buf);
+        let m = SentencePieceModel::from_bytes(&buf, Path::new("x.model")).expect("decodes");
+        assert_eq!(m.pieces[0].kind, PieceType::Other(9));
+        assert_eq!(m.trainer_spec.model_type, ModelType::Other(7));
+    }
+
+    #[test]
+    fn errors_name_the_file_position_and_cause() {
+        // Cut inside the two-byte length varint of a 200-byte piece.
+        let mut buf = Vec::new();
+        field_bytes(1, &piece(&"a".repeat(200), 0.0, 1), &mut buf);
+        let err = SentencePieceModel::from_bytes(&buf[..2], Path::new("cut.model"))
+            .expect_err("truncated varint");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cut.model") && msg.contains("truncated"),
+            "{msg}"
+        );
+        assert!(msg.contains("varint"), "{msg}");
+
+        // A piece string that is not UTF-8 is corrupt, not truncated.
+        let mut p = Vec::new();
+        field_bytes(1, &[0xff, 0xfe], &mut p);
+        let mut buf = Vec::new();
+        field_bytes(1, &p, &mut buf);
+        let err =
+            SentencePieceModel::from_bytes(&buf, Path::new("bad.model")).expect_err("bad utf-8");
+        let msg = err.to_string();
+        assert!(msg.contains("bad.model") && msg.contains("UTF-8"), "{msg}");
+        assert!(!msg.contains("truncated"), "{msg}");
+        assert!(matches!(err, Error::SentencePieceDecode { .. }));
     }
 }

@@ -1,0 +1,107 @@
+//! What a checkpoint holds: `model.safetensors` (HF tensor names), `optimizer.safetensors`
+//! (per-parameter AdamW state), the model's config, and `train_state.json` — counters, the
+//! data-stream position and the recipe hash (and, for data-parallel runs, every rank's
+//! data-stream position).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use corenet_data::StreamState;
+use corenet_model::OpenElm;
+
+use crate::error::{Error, Result};
+use crate::optim::Optimizer;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "train_state.json";
+/// The model's config (CoreNet field names), so a checkpoint can be exported or loaded alone.
+pub const MODEL_CONFIG_FILE: &str = corenet_model::pretrained::MODEL_CONFIG_FILE;
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub format_version: u32,
+    /// Optimizer steps taken or skipped; the LR schedule's position.
+    pub step: u64,
+    /// Updates actually applied (skipped steps do not advance AdamW's bias correction).
+    pub optimizer_steps: u64,
+    pub tokens_seen: u64,
+    pub skipped_steps: u64,
+    pub consecutive_bad: u32,
+    /// Where the data stream continues (rank 0's stream in a data-parallel run).
+    pub data: StreamState,
+    /// Every rank's stream position, indexed by rank, when the checkpoint was written by a
+    /// data-parallel run of more than one rank; empty for single-process runs (so their
+    /// `train_state.json` keeps its earlier form and older checkpoints still load).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_ranks: Vec<StreamState>,
+    pub recipe_hash: String,
+    /// The model's seed. Nothing draws from libtorch's RNG after initialisation (no dropout), so
+    /// weights + this are the whole random state; the data stream carries its own.
+    pub seed: u64,
+}
+
+impl TrainState {
+    /// The state of a run that has not taken a step, its data stream at `data`.
+    pub fn fresh(data: StreamState, recipe_hash: String, seed: u64) -> Self {
+        TrainState {
+            format_version: STATE_FORMAT_VERSION,
+            step: 0,
+            optimizer_steps: 0,
+            tokens_seen: 0,
+            skipped_steps: 0,
+            consecutive_bad: 0,
+            data,
+            data_ranks: Vec::new(),
+            recipe_hash,
+            seed,
+        }
+    }
+}
+
+/// Writes model, optimizer and state into `dir` (a fresh checkpoint directory).
+pub fn write_checkpoint(
+    dir: &Path,
+    model: &OpenElm,
+    optimizer_tensors: &[(String, Tensor)],
+    state: &TrainState,
+) -> Result<()> {
+    model.save_safetensors(&dir.join(MODEL_FILE))?;
+    corenet_model::save_tensors(optimizer_tensors, &dir.join(OPTIMIZER_FILE))?;
+    write_json(&dir.join(MODEL_CONFIG_FILE), model.config())?;
+    write_json(&dir.join(STATE_FILE), state)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    std::fs::write(path, json).map_err(|e| Error::io("write", path, e))
+}
+
+/// Restores model and optimizer from `dir` and returns its state.
+pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut Optimizer) -> Result<TrainState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let state: TrainState = serde_json::from_slice(&text).map_err(|e| Error::Json {
+        path: path.clone(),
+        source: e,
+    })?;
+    if state.format_version > STATE_FORMAT_VERSION {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "state format {} is newer than this build ({STATE_FORMAT_VERSION})",
+                state.format_version
+            ),
+        });
+    }
+    model.load_safetensors(&dir.join(MODEL_FILE))?;
+    optim.load_file(&dir.join(OPTIMIZER_FILE), state.optimizer_steps)?;
+    Ok(state)
+}

@@ -1,0 +1,14 @@
+//! Checkpoints: where they live and how they become durable ([`store`]: atomic, checksummed,
+//! pruned step directories), what goes inside one ([`contents`]: weights, optimizer state,
+//! counters and data-stream positions), which one a run resumes from ([`resume`]), and
+//! averaging several into one model file ([`average`]).
+
+pub mod average;
+pub mod contents;
+pub mod resume;
+pub(crate) mod save;
+pub mod store;
+
+pub use contents::{TrainState, MODEL_CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+pub use resume::Resume;
+pub use store::CheckpointStore;

@@ -1,0 +1,169 @@
+//! Which checkpoint a run resumes from, and where each rank's data stream continues.
+//!
+//! Rank 0 alone looks at the checkpoint directory and shares its choice, so every rank of a
+//! data-parallel run resumes from the same checkpoint even while the directory changes. A
+//! checkpoint written on N ranks resumes on M: model and optimizer state always carry over,
+//! and the data-stream positions re-partition when the number of data shares stays the same.
+
+use std::path::{Path, PathBuf};
+
+use corenet_data::StreamState;
+
+use crate::checkpoint::contents::TrainState;
+use crate::checkpoint::store::CheckpointStore;
+use crate::dist::DataParallel;
+use crate::error::{Error, Result};
+use crate::recipe::Recipe;
+
+/// Where a run starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// From scratch (a run directory with checkpoints is left alone but not used).
+    #[default]
+    Fresh,
+    /// From the newest checkpoint that verifies, or from scratch if there is none.
+    Auto,
+    /// From this checkpoint directory.
+    Path(PathBuf),
+}
+
+/// The checkpoint directory to resume from, if any.
+fn resolve_resume(store: &CheckpointStore, resume: &Resume) -> Result<Option<PathBuf>> {
+    match resume {
+        Resume::Fresh => {
+            if let Some(existing) = store.list()?.last() {
+                return Err(Error::Checkpoint {
+                    dir: existing.dir.clone(),
+                    reason: "the run directory already has checkpoints: resume it (--resume auto) or choose a new run.dir".into(),
+                });
+            }
+            Ok(None)
+        }
+        Resume::Auto => match store.latest_valid()? {
+            Some(checkpoint) => Ok(Some(checkpoint.dir)),
+            None => {
+                tracing::info!(dir = %store.root().display(), "no checkpoint to resume from; starting fresh");
+                Ok(None)
+            }
+        },
+        Resume::Path(dir) => {
+            CheckpointStore::verify(dir)?;
+            Ok(Some(dir.clone()))
+        }
+    }
+}
+
+/// Rank 0 picks the checkpoint (so that every rank resumes from the same one even while the
+/// directory changes) and shares its choice; every rank then reads it from the shared file
+/// system.
+fn agree_resume(
+    dp: &DataParallel,
+    store: &CheckpointStore,
+    resume: &Resume,
+) -> Result<Option<PathBuf>> {
+    let choice = (dp.rank() == 0).then(|| resolve_resume(store, resume));
+    let encoded = choice.as_ref().map(|c| match c {
+        Ok(dir) => dir
+            .as_ref()
+            .map_or(Some(String::new()), |d| d.to_str().map(str::to_owned))
+            .map(String::into_bytes)
+            .ok_or_else(|| "the checkpoint path is not valid UTF-8".to_string()),
+        Err(e) => Err(e.to_string()),
+    });
+    let shared = dp.share_result("choose checkpoint", encoded);
+    if let Some(choice) = choice {
+        let dir = choice?;
+        shared?;
+        return Ok(dir);
+    }
+    let bytes = shared?;
+    let path = String::from_utf8_lossy(&bytes).into_owned();
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+}
+
+/// This rank's data-stream position from a checkpoint, or `None` to start the stream afresh.
+/// Positions saved by N ranks re-partition over M when the number of data shares stays the
+/// same (N × workers = M × workers'; [`StreamState::repartition`]); otherwise the run fails
+/// with the reason, unless `restart_data` asks to start the stream from the beginning.
+fn rank_data_state(
+    state: &TrainState,
+    dir: &Path,
+    rank: usize,
+    world: usize,
+    recipe: &Recipe,
+    restart_data: bool,
+) -> Result<Option<StreamState>> {
+    let saved = if state.data_ranks.is_empty() {
+        std::slice::from_ref(&state.data)
+    } else {
+        state.data_ranks.as_slice()
+    };
+    if saved.len() == world {
+        return Ok(Some(saved[rank].clone()));
+    }
+    let reason = match StreamState::repartition(saved, rank, world, recipe.data.workers) {
+        Ok(own) => {
+            tracing::info!(
+                saved_world = saved.len(),
+                world,
+                workers = recipe.data.workers,
+                "data-stream positions re-partitioned"
+            );
+            return Ok(Some(own));
+        }
+        Err(e) => e.to_string(),
+    };
+    if restart_data {
+        tracing::warn!(saved_world = saved.len(), world, %reason, dir = %dir.display(), "the checkpoint's data-stream positions do not fit this layout; restarting the data stream from the beginning as asked");
+        return Ok(None);
+    }
+    Err(Error::Checkpoint {
+        dir: dir.to_path_buf(),
+        reason: format!(
+            "written by {} rank(s), resumed on {world}: model and optimizer state carry over (the global batch of {} stays, accumulation adapts), but the data-stream positions do not re-partition: {reason}. Resume with a layout that keeps the data shares, or restart the data stream from the beginning with --restart-data (TrainOptions::restart_data)",
+            saved.len(),
+            recipe.trainer.global_batch
+        ),
+    })
+}
+
+/// The checkpoint this process resumes from, if any: its own choice in a single process,
+/// rank 0's shared choice in a data-parallel run.
+pub(crate) fn choose_checkpoint(
+    store: &CheckpointStore,
+    resume: &Resume,
+    dp: Option<&DataParallel>,
+) -> Result<Option<PathBuf>> {
+    match dp {
+        None => resolve_resume(store, resume),
+        Some(dp) => agree_resume(dp, store, resume),
+    }
+}
+
+/// A checkpoint read back into the model and optimizer.
+pub(crate) struct Restored {
+    /// Counters as saved (with every rank's data position when saved by several ranks).
+    pub state: TrainState,
+    /// Where this rank's data stream continues; `None` starts it afresh.
+    pub data: Option<StreamState>,
+}
+
+/// Loads the checkpoint in `dir` into `model` and `optim` and works out this rank's data
+/// position (see [`rank_data_state`]).
+pub(crate) fn restore(
+    dir: &Path,
+    model: &corenet_model::OpenElm,
+    optim: &mut crate::optim::Optimizer,
+    recipe: &Recipe,
+    (rank, world): (usize, usize),
+    restart_data: bool,
+) -> Result<Restored> {
+    let state = crate::checkpoint::contents::read_checkpoint(dir, model, optim)?;
+    tracing::info!(step = state.step, dir = %dir.display(), "resumed");
+    let recipe_hash = recipe.hash();
+    if state.recipe_hash != recipe_hash {
+        tracing::warn!(checkpoint = %state.recipe_hash, recipe = %recipe_hash, "resuming with a recipe that differs from the checkpoint's");
+    }
+    let data = rank_data_state(&state, dir, rank, world, recipe, restart_data)?;
+    Ok(Restored { state, data })
+}

@@ -1,0 +1,357 @@
+//! The run's log: the one place the trainer hands a finished step to. It owns every sink — the
+//! metrics JSONL, TensorBoard, the progress bar and the `tracing` event — and the counters
+//! behind their values (tokens/s window, MFU, time spent waiting for data), so the trainer only
+//! says what happened.
+//!
+//! Only rank 0 (or a single process) writes files; in a dry run nothing is written. Throughput
+//! and MFU are per device: `tokens_per_s` is the whole job's rate (every rank's tokens), and
+//! MFU divides that by the world size before comparing it with one device's peak, so a
+//! data-parallel run reports the same MFU as one device doing the same per-device work.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::Device;
+
+use crate::error::{Error, Result};
+use crate::log::metrics::{MetricsRecord, MetricsSink};
+use crate::log::tensorboard::EventWriter;
+use crate::log::throughput::{mfu, peak_bf16_flops, Throughput};
+use crate::recipe::LoggingConfig;
+
+/// Steps the tokens/s window spans.
+const THROUGHPUT_WINDOW: usize = 20;
+
+/// What happened in one optimizer step, as the trainer read it back.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// Steps completed once this one is (1-based).
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub loss: f64,
+    pub ce: f64,
+    pub z_loss: f64,
+    pub grad_norm: f64,
+    /// The learning rate the step used.
+    pub lr: f64,
+    /// Skipped (non-finite) steps of the run so far.
+    pub skipped_steps: u64,
+    /// How long the step waited for its batches.
+    pub data_wait: Duration,
+    /// Completed passes over the sources so far, summed over sources (this rank's stream).
+    pub data_epochs: u64,
+}
+
+/// Where the run's log goes and how it is computed.
+#[derive(Debug, Clone)]
+pub struct RunLogSetup<'a> {
+    pub logging: &'a LoggingConfig,
+    /// The resolved recipe, written as `recipe.yaml` next to the metrics.
+    pub recipe_yaml: String,
+    pub log_dir: &'a Path,
+    /// Steps completed before this process started (a resume); the metrics file keeps lines
+    /// up to here.
+    pub start_step: u64,
+    /// The recipe's step budget (the last step is always logged).
+    pub total_steps: u64,
+    /// Rank 0 or a single process: the only writer of files.
+    pub root: bool,
+    /// Write nothing at all.
+    pub dry_run: bool,
+    pub device: Device,
+    pub world_size: usize,
+    /// Training FLOPs per token (6N plus attention).
+    pub flops_per_token: f64,
+}
+
+/// The sinks and counters of one run.
+pub struct RunLog {
+    metrics: Option<MetricsSink>,
+    tensorboard: Option<EventWriter>,
+    progress: Option<ProgressBar>,
+    show_progress: bool,
+    interval: u64,
+    total_steps: u64,
+    throughput: Throughput,
+    flops_per_token: f64,
+    /// Dense bf16 peak of one device, when known.
+    peak_flops: Option<f64>,
+    device: Device,
+    world_size: usize,
+    /// Data wait summed over the steps since the last log line, and their number.
+    data_wait: Duration,
+    waited_steps: u32,
+    /// The last epoch count seen, to announce each rollover once.
+    data_epochs: Option<u64>,
+}
+
+impl RunLog {
+    /// Opens the sinks (rank 0 outside a dry run: `recipe.yaml`, `metrics.jsonl` continued
+    /// after `start_step`, and `tb/` when TensorBoard is on).
+    pub fn open(setup: RunLogSetup<'_>) -> Result<RunLog> {
+        let writes = setup.root && !setup.dry_run;
+        let (metrics, tensorboard) = if writes {
+            let dir = setup.log_dir;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+            let recipe = dir.join("recipe.yaml");
+            std::fs::write(&recipe, &setup.recipe_yaml)
+                .map_err(|e| Error::io("write", &recipe, e))?;
+            let metrics = MetricsSink::resume(dir.join("metrics.jsonl"), setup.start_step)?;
+            let tensorboard = match setup.logging.tensorboard {
+                true => Some(EventWriter::create(dir.join("tb"))?),
+                false => None,
+            };
+            (Some(metrics), tensorboard)
+        } else {
+            (None, None)
+        };
+        Ok(RunLog {
+            metrics,
+            tensorboard,
+            progress: None,
+            show_progress: writes && setup.logging.progress,
+            interval: setup.logging.interval.max(1),
+            total_steps: setup.total_steps,
+            throughput: Throughput::new(THROUGHPUT_WINDOW),
+            flops_per_token: setup.flops_per_token,
+            peak_flops: device_peak_flops(setup.logging, setup.device),
+            device: setup.device,
+            world_size: setup.world_size.max(1),
+            data_wait: Duration::ZERO,
+            waited_steps: 0,
+            data_epochs: None,
+        })
+    }
+
+    /// Shows the progress bar (when asked for, on rank 0) at `step` of the step budget.
+    pub fn start(&mut self, step: u64) {
+        if !self.show_progress {
+            return;
+        }
+        let bar = ProgressBar::new(self.total_steps);
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}") {
+            bar.set_style(style);
+        }
+        bar.set_position(step);
+        self.progress = Some(bar);
+    }
+
+    /// Counts a finished step: throughput, data wait and epochs always; the progress bar on
+    /// rank 0; and on log steps (every `logging.interval` and the last) one metrics line, the
+    /// TensorBoard scalars and a `train` event.
+    pub fn step(&mut self, report: &StepReport) -> Result<()> {
+        self.throughput
+            .record(Instant::now(), report.step, report.tokens_seen);
+        self.data_wait += report.data_wait;
+        self.waited_steps += 1;
+        self.announce_epochs(report);
+        let tokens_per_s = self.throughput.tokens_per_s().unwrap_or(0.0);
+        if let Some(bar) = &self.progress {
+            bar.set_position(report.step);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                report.loss, report.lr, tokens_per_s
+            ));
+        }
+        let log_step = report.step % self.interval == 0 || report.step == self.total_steps;
+        if !log_step || self.metrics.is_none() && self.tensorboard.is_none() {
+            return Ok(());
+        }
+        self.write(report, tokens_per_s)
+    }
+
+    /// Clears the progress bar.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn write(&mut self, report: &StepReport, tokens_per_s: f64) -> Result<()> {
+        let per_device = tokens_per_s / self.world_size as f64;
+        let data_wait_ms = match self.waited_steps {
+            0 => 0.0,
+            n => self.data_wait.as_secs_f64() * 1e3 / f64::from(n),
+        };
+        self.data_wait = Duration::ZERO;
+        self.waited_steps = 0;
+        let record = MetricsRecord {
+            step: report.step,
+            loss: report.loss,
+            ce: report.ce,
+            z_loss: report.z_loss,
+            lr: report.lr,
+            grad_norm: report.grad_norm,
+            tokens_seen: report.tokens_seen,
+            tokens_per_s,
+            mfu: self
+                .peak_flops
+                .and_then(|peak| mfu(self.flops_per_token, per_device, peak)),
+            memory: self.peak_memory(),
+            extras: Default::default(),
+        }
+        .with_extra("skipped_steps", report.skipped_steps)
+        .with_extra("world_size", self.world_size as u64)
+        .with_extra("tokens_per_s_per_device", per_device)
+        .with_extra("data_wait_ms", data_wait_ms)
+        .with_extra("data_epochs", report.data_epochs);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&record)?;
+        }
+        if let Some(tb) = &mut self.tensorboard {
+            let scalars = [
+                ("loss/total_loss", report.loss as f32),
+                ("loss/ce_loss", report.ce as f32),
+                ("loss/z_loss", report.z_loss as f32),
+                ("lr", report.lr as f32),
+                ("grad_norm", report.grad_norm as f32),
+                ("tokens_per_s", tokens_per_s as f32),
+            ];
+            tb.add_scalars(report.step as i64, &scalars)?;
+            tb.flush()?;
+        }
+        tracing::info!(
+            step = report.step,
+            loss = report.loss,
+            ce = report.ce,
+            z_loss = report.z_loss,
+            lr = report.lr,
+            grad_norm = report.grad_norm,
+            tokens_per_s,
+            data_wait_ms,
+            "train"
+        );
+        Ok(())
+    }
+
+    /// An epoch rollover is worth a line: a run that cycles its data is seeing documents again.
+    fn announce_epochs(&mut self, report: &StepReport) {
+        let before = self.data_epochs.replace(report.data_epochs);
+        if before.is_some_and(|b| report.data_epochs > b) {
+            tracing::info!(
+                step = report.step,
+                data_epochs = report.data_epochs,
+                "data epoch completed: a source started another pass over its shards"
+            );
+        }
+    }
+
+    /// The CUDA caching allocator's peak on a GPU, the process's resident high-water mark on
+    /// the CPU.
+    fn peak_memory(&self) -> Option<u64> {
+        match self.device {
+            Device::Cuda(i) => corenet_ffi::device::cuda_peak_allocated(i).ok(),
+            _ => corenet_ffi::device::peak_rss_bytes(),
+        }
+    }
+}
+
+/// One device's dense bf16 peak: the recipe's `logging.device_peak_flops`, else the table's
+/// entry for the CUDA device's name (as the driver reports it), else unknown.
+fn device_peak_flops(logging: &LoggingConfig, device: Device) -> Option<f64> {
+    logging.device_peak_flops.or_else(|| match device {
+        Device::Cuda(_) => peak_bf16_flops(&corenet_ffi::device::device_name(device)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::metrics::read_metrics;
+
+    fn report(step: u64, epochs: u64) -> StepReport {
+        StepReport {
+            step,
+            tokens_seen: step * 1000,
+            loss: 3.0,
+            ce: 2.9,
+            z_loss: 0.1,
+            grad_norm: 1.0,
+            lr: 1e-3,
+            skipped_steps: 0,
+            data_wait: Duration::from_millis(2 * step),
+            data_epochs: epochs,
+        }
+    }
+
+    fn open(dir: &Path, world_size: usize, peak: Option<f64>) -> RunLog {
+        let logging = LoggingConfig {
+            interval: 2,
+            tensorboard: false,
+            progress: false,
+            dir: None,
+            device_peak_flops: peak,
+        };
+        RunLog::open(RunLogSetup {
+            logging: &logging,
+            recipe_yaml: "run: {}\n".into(),
+            log_dir: dir,
+            start_step: 0,
+            total_steps: 5,
+            root: true,
+            dry_run: false,
+            device: Device::Cpu,
+            world_size,
+            flops_per_token: 1e6,
+        })
+        .expect("open")
+    }
+
+    #[test]
+    fn log_steps_carry_data_wait_epochs_and_per_device_mfu() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = open(dir.path(), 2, Some(1e12));
+        for step in 1..=5 {
+            log.step(&report(step, u64::from(step >= 3))).expect("step");
+        }
+        let lines = read_metrics(dir.path().join("metrics.jsonl")).expect("read");
+        let steps: Vec<u64> = lines.iter().map(|r| r.step).collect();
+        assert_eq!(steps, [2, 4, 5], "every interval and the last step");
+        // Mean wait of the steps since the previous line: (2 + 4) / 2 ms, then (6 + 8) / 2 ms.
+        let wait = |i: usize| lines[i].extras["data_wait_ms"].as_f64().expect("wait");
+        assert!((wait(0) - 3.0).abs() < 1e-9 && (wait(1) - 7.0).abs() < 1e-9);
+        assert_eq!(lines[0].extras["data_epochs"], 0);
+        assert_eq!(lines[1].extras["data_epochs"], 1);
+        for line in &lines[1..] {
+            let per_device = line.extras["tokens_per_s_per_device"]
+                .as_f64()
+                .expect("per device");
+            assert!((per_device - line.tokens_per_s / 2.0).abs() < 1e-9);
+            let mfu = line.mfu.expect("the recipe gave a peak");
+            assert!((mfu - 1e6 * per_device / 1e12).abs() < 1e-12, "{mfu}");
+        }
+    }
+
+    #[test]
+    fn no_peak_no_mfu_and_a_dry_run_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = open(dir.path(), 1, None);
+        for step in 1..=2 {
+            log.step(&report(step, 0)).expect("step");
+        }
+        let lines = read_metrics(dir.path().join("metrics.jsonl")).expect("read");
+        assert_eq!(lines[0].mfu, None);
+
+        let dry = tempfile::tempdir().expect("tempdir");
+        let logging = LoggingConfig::default();
+        let mut log = RunLog::open(RunLogSetup {
+            logging: &logging,
+            recipe_yaml: String::new(),
+            log_dir: dry.path(),
+            start_step: 0,
+            total_steps: 1,
+            root: true,
+            dry_run: true,
+            device: Device::Cpu,
+            world_size: 1,
+            flops_per_token: 1.0,
+        })
+        .expect("open");
+        log.start(0);
+        log.step(&report(1, 0)).expect("step");
+        log.finish();
+        assert_eq!(std::fs::read_dir(dry.path()).expect("dir").count(), 0);
+    }
+}

@@ -1,0 +1,128 @@
+//! The trainer's optimizer: AdamW replicated on every rank, or partitioned across the ranks of
+//! a data-parallel run (ZeRO-1, [`ShardedAdamW`]). Both see the same step: reduce the
+//! gradients, measure (and clip) their global norm, update, clear.
+
+use std::path::Path;
+
+use tch::Tensor;
+
+use crate::dist::data_parallel::DataParallel;
+use crate::error::Result;
+use crate::optim::adamw::{AdamW, OptimizerConfig};
+use crate::optim::zero1::ShardedAdamW;
+
+#[derive(Debug)]
+pub enum Optimizer {
+    Replicated(AdamW),
+    Sharded(Box<ShardedAdamW>),
+}
+
+impl Optimizer {
+    /// Sharded when asked for and there is more than one rank.
+    pub fn new(
+        named: Vec<(String, Tensor)>,
+        config: &OptimizerConfig,
+        sharded: bool,
+        dp: Option<&DataParallel>,
+    ) -> Result<Self> {
+        match dp {
+            Some(dp) if sharded => Ok(Optimizer::Sharded(Box::new(ShardedAdamW::new(
+                named,
+                config,
+                dp.rank(),
+                dp.world_size(),
+            )?))),
+            _ => Ok(Optimizer::Replicated(AdamW::new(named, config)?)),
+        }
+    }
+
+    /// Averages the gradients over ranks (unless `reduced` says the replicated gradients were
+    /// all-reduced during backward already); the sharded optimizer reduce-scatters them, so
+    /// each rank keeps the average of its own range.
+    pub fn reduce_gradients(&self, dp: Option<&DataParallel>, reduced: bool) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => {
+                if let (Some(dp), false) = (dp, reduced) {
+                    dp.all_reduce_gradients(&optim.gradients())?;
+                }
+                Ok(())
+            }
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                optim.reduce_gradients(pg)
+            }
+        }
+    }
+
+    /// Clips the (reduced) gradients to the global norm `clip` and returns the global norm
+    /// before clipping (f32 scalar on the device; no host sync).
+    pub fn clip(&self, dp: Option<&DataParallel>, clip: Option<f64>) -> Result<Tensor> {
+        match self {
+            Optimizer::Replicated(optim) => Ok(match clip {
+                Some(max) => optim.clip_grad_norm(max),
+                None => optim.grad_norm(),
+            }),
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                match clip {
+                    Some(max) => optim.clip_grad_norm(pg, max),
+                    None => optim.grad_norm(pg),
+                }
+            }
+        }
+    }
+
+    /// One update at `lr`, or none where `found_inf` (an f32 scalar on the device) holds 1.
+    pub fn step(
+        &mut self,
+        dp: Option<&DataParallel>,
+        lr: f64,
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => optim.step(lr, found_inf),
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                optim.step(pg, lr, found_inf)
+            }
+        }
+    }
+
+    pub fn zero_grad(&self) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => optim.zero_grad(),
+            Optimizer::Sharded(optim) => optim.zero_grad(),
+        }
+    }
+
+    /// The state in the per-parameter checkpoint layout: a collective for the sharded
+    /// optimizer (every rank calls it; rank 0 gets `Some`), the replicated one's own tensors
+    /// otherwise.
+    pub fn checkpoint_tensors(
+        &self,
+        dp: Option<&DataParallel>,
+    ) -> Result<Option<Vec<(String, Tensor)>>> {
+        match self {
+            Optimizer::Replicated(optim) => Ok(Some(optim.state_tensors())),
+            Optimizer::Sharded(optim) => {
+                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
+                optim.gather_state(pg)
+            }
+        }
+    }
+
+    /// Restores the state saved by either optimizer on any number of ranks.
+    pub fn load_file(&mut self, path: &Path, step: u64) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => {
+                let tensors = corenet_model::load_tensors(path)?;
+                optim.load_state(tensors.into_iter().collect(), step)
+            }
+            Optimizer::Sharded(optim) => optim.load_file(path, step),
+        }
+    }
+}
+
+fn no_group() -> crate::Error {
+    crate::Error::OptimizerState("the sharded optimizer needs a data-parallel process group".into())
+}

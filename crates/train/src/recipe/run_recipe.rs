@@ -1,0 +1,230 @@
+//! A recipe file resolved into a [`Recipe`]: YAML → `--set` overrides → model preset
+//! resolution → typed sections (unknown keys are errors naming their dotted path) → validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use corenet_data::{DataConfig, Mode, TextTokenizer};
+use corenet_model::OpenElmConfig;
+
+use crate::error::{Error, Result};
+use crate::optim::{OptimizerConfig, ScheduleConfig};
+use crate::recipe::overrides::{
+    apply_overrides, deep_merge, from_tree, parse_yaml_value, Override,
+};
+use crate::recipe::sections::{CheckpointConfig, LoggingConfig, RunConfig, TrainerConfig};
+
+/// A resolved, validated run description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub run: RunConfig,
+    pub model: OpenElmConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub trainer: TrainerConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+impl Recipe {
+    /// Reads a recipe file, applies `--set` overrides and resolves it (no file checks yet).
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+        let mut tree = parse_yaml_value(&text, &path.display().to_string())?;
+        apply_overrides(&mut tree, overrides)?;
+        Self::from_value(tree)
+    }
+
+    /// Resolves a value tree: a `model.preset` is expanded (other `model` keys override it),
+    /// `schedule.max_iterations` defaults to `trainer.steps`, `data.micro_batch` comes from
+    /// `trainer.micro_batch`.
+    pub fn from_value(mut tree: Value) -> Result<Recipe> {
+        resolve_model_preset(&mut tree)?;
+        fill_derived_keys(&mut tree)?;
+        let recipe: Recipe = from_tree(&tree)?;
+        recipe.validate_values()?;
+        Ok(recipe)
+    }
+
+    /// Checks the values alone (no file system); `validate_files` checks paths.
+    pub fn validate_values(&self) -> Result<()> {
+        self.model
+            .validate()
+            .map_err(|e| Error::config("model", e.to_string()))?;
+        self.data
+            .validate()
+            .map_err(|e| Error::config("data", e.to_string()))?;
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
+        let t = &self.trainer;
+        if t.micro_batch == 0 || t.global_batch == 0 || t.steps == 0 {
+            return Err(Error::config(
+                "trainer",
+                "global_batch, micro_batch and steps must be positive",
+            ));
+        }
+        if t.z_loss.is_nan() || t.z_loss < 0.0 {
+            return Err(Error::config("trainer.z_loss", "must be >= 0"));
+        }
+        if !(t.bucket_mb.is_finite() && t.bucket_mb > 0.0) {
+            return Err(Error::config(
+                "trainer.bucket_mb",
+                format!("{} must be a positive number of MiB", t.bucket_mb),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gradient-accumulation steps for `world_size` ranks.
+    pub fn accumulation(&self, world_size: usize) -> Result<usize> {
+        let per_step = self.trainer.micro_batch * world_size;
+        if self.trainer.global_batch % per_step != 0 {
+            return Err(Error::config(
+                "trainer.global_batch",
+                format!(
+                    "{} is not divisible by micro_batch {} × world size {world_size}",
+                    self.trainer.global_batch, self.trainer.micro_batch
+                ),
+            ));
+        }
+        Ok(self.trainer.global_batch / per_step)
+    }
+
+    /// Checks that the tokenizer and every source's shards exist.
+    pub fn validate_files(&self) -> Result<()> {
+        if !self.data.tokenizer.is_file() {
+            return Err(Error::config(
+                "data.tokenizer",
+                format!("{} does not exist", self.data.tokenizer.display()),
+            ));
+        }
+        for (i, source) in self.data.sources.iter().enumerate() {
+            for pattern in &source.paths {
+                let matched = glob::glob(pattern)
+                    .map_err(|e| {
+                        Error::config(
+                            format!("data.sources.{i}.paths"),
+                            format!("bad pattern `{pattern}`: {e}"),
+                        )
+                    })?
+                    .filter_map(|p| p.ok())
+                    .any(|p| p.is_file());
+                if !matched {
+                    return Err(Error::config(
+                        format!("data.sources.{i}.paths"),
+                        format!("`{pattern}` matches no file"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tokenizer's ids must fit the model's vocabulary; returns the pad id (the loss
+    /// ignores it).
+    pub fn check_vocabulary(&self, tokenizer: &dyn TextTokenizer) -> Result<i64> {
+        let vocab = self.model.vocab_size;
+        if tokenizer.vocab_size() > vocab {
+            return Err(Error::config(
+                "model.vocab_size",
+                format!(
+                    "{vocab} is smaller than the tokenizer's {} ids ({})",
+                    tokenizer.vocab_size(),
+                    self.data.tokenizer.display()
+                ),
+            ));
+        }
+        let pad = tokenizer.pad_id() as usize;
+        if self.data.mode == Mode::Corenet && pad >= vocab {
+            return Err(Error::config(
+                "model.vocab_size",
+                format!("corenet mode pads with id {pad}, outside the model's {vocab} rows"),
+            ));
+        }
+        Ok(pad as i64)
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.run.dir.join("checkpoints"))
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.logging
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.run.dir.clone())
+    }
+
+    /// The resolved recipe as YAML (written into the run directory).
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_norway::to_string(self).map_err(|e| Error::Yaml {
+            origin: "resolved recipe".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// sha256 of the resolved recipe's canonical JSON; stored in every checkpoint.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let digest = Sha256::digest(json.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn resolve_model_preset(tree: &mut Value) -> Result<()> {
+    let Some(model) = tree.get_mut("model").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let Some(preset) = model.remove("preset") else {
+        return Ok(());
+    };
+    let name = preset
+        .as_str()
+        .ok_or_else(|| Error::config("model.preset", "must be a preset name"))?;
+    let base =
+        OpenElmConfig::preset(name).map_err(|e| Error::config("model.preset", e.to_string()))?;
+    let mut resolved =
+        serde_json::to_value(base).map_err(|e| Error::config("model.preset", e.to_string()))?;
+    deep_merge(&mut resolved, Value::Object(std::mem::take(model)));
+    *model = resolved.as_object().cloned().unwrap_or_default();
+    Ok(())
+}
+
+fn fill_derived_keys(tree: &mut Value) -> Result<()> {
+    let steps = tree.pointer("/trainer/steps").cloned();
+    let micro = tree.pointer("/trainer/micro_batch").cloned();
+    // The resolved recipe carries both (equal); a hand-written one sets trainer.micro_batch.
+    let effective_micro = micro
+        .clone()
+        .unwrap_or_else(|| Value::from(TrainerConfig::default().micro_batch));
+    if let Some(data_micro) = tree.pointer("/data/micro_batch") {
+        if *data_micro != effective_micro {
+            return Err(Error::config(
+                "data.micro_batch",
+                "set trainer.micro_batch instead",
+            ));
+        }
+    }
+    if let (Some(schedule), Some(steps)) = (
+        tree.get_mut("schedule").and_then(Value::as_object_mut),
+        steps,
+    ) {
+        schedule.entry("max_iterations").or_insert(steps);
+    }
+    if let Some(data) = tree.get_mut("data").and_then(Value::as_object_mut) {
+        data.insert("micro_batch".into(), effective_micro);
+    }
+    Ok(())
+}

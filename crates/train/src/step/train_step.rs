@@ -1,0 +1,176 @@
+//! One optimizer step, the same for the trainer and for `corenet bench`: gradient accumulation
+//! over micro-batches, the loss sums (and stop votes) all-reduced across ranks, the gradients
+//! reduced and clipped, and the update — skipped on the device when the loss or the gradient
+//! norm is not finite. Nothing is read back to the host: the step's values come back as one
+//! device tensor for the caller to read when it likes.
+
+use tch::{Kind, Tensor};
+
+use corenet_model::OpenElm;
+
+use crate::dist::DataParallel;
+use crate::error::Result;
+use crate::optim::{found_inf, Optimizer};
+use crate::step::forward_backward::{
+    forward_backward_staged, forward_backward_with, LossSpec, Stage,
+};
+
+/// Positions in the tensor [`optimizer_step`] returns.
+pub(crate) mod values {
+    pub const LOSS: usize = 0;
+    pub const CE: usize = 1;
+    pub const Z_LOSS: usize = 2;
+    pub const GRAD_NORM: usize = 3;
+    /// Ranks that asked to stop this step (0 in a single process).
+    pub const STOP_VOTES: usize = 4;
+    /// 1 when the device skipped the update.
+    pub const SKIPPED: usize = 5;
+    pub const LEN: usize = 6;
+}
+
+/// What a step works on.
+pub(crate) struct StepParts<'a> {
+    pub model: &'a OpenElm,
+    pub optim: &'a mut Optimizer,
+    /// The process group of a data-parallel run.
+    pub dp: Option<&'a DataParallel>,
+    /// Every parameter with the backward stage that finishes its gradient (overlapped
+    /// all-reduce only).
+    pub stages: &'a [(Stage, Tensor)],
+}
+
+/// How every step of a run goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepSettings {
+    /// Micro-batches per step on this rank.
+    pub accumulation: usize,
+    /// Target id the loss ignores (the pad id).
+    pub ignore_index: i64,
+    pub z_loss: f64,
+    pub activation_checkpointing: bool,
+    /// All-reduce gradients bucket by bucket during the last micro-batch's backward
+    /// (data-parallel runs with the replicated optimizer).
+    pub overlap_grad_reduce: bool,
+    pub grad_clip: Option<f64>,
+}
+
+/// What changes from one step to the next.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepInput {
+    pub lr: f64,
+    /// This process asks to stop (SIGINT/SIGTERM); shared with the other ranks.
+    pub stop_vote: bool,
+    /// Fault injection for tests: make the loss NaN.
+    pub poison: bool,
+}
+
+/// Called at a step's phase boundaries; the benchmark synchronises the device and reads the
+/// clock there. The trainer passes [`NoPhases`].
+pub(crate) trait Phases {
+    /// The last micro-batch's loss exists; its backward has not started (not called for an
+    /// overlapped backward, whose stages interleave with communication).
+    fn forward_done(&mut self) {}
+    /// Every micro-batch's backward is done.
+    fn backward_done(&mut self) {}
+    /// Loss sums and gradients are reduced across ranks.
+    fn reduce_done(&mut self) {}
+}
+
+/// No phase boundaries of interest.
+pub(crate) struct NoPhases;
+
+impl Phases for NoPhases {}
+
+/// Runs one optimizer step on `settings.accumulation` micro-batches from `next_batch`
+/// ((B, T) int64 inputs and targets on the model's device). Returns the step's values as a
+/// 1-D f32 device tensor laid out as [`values`], identical on every rank.
+pub(crate) fn optimizer_step(
+    parts: StepParts<'_>,
+    settings: &StepSettings,
+    input: StepInput,
+    next_batch: &mut dyn FnMut() -> Result<(Tensor, Tensor)>,
+    phases: &mut dyn Phases,
+) -> Result<Tensor> {
+    let StepParts {
+        model,
+        optim,
+        dp,
+        stages,
+    } = parts;
+    let spec = LossSpec {
+        ignore_index: settings.ignore_index,
+        z_coef: settings.z_loss,
+        scale: 1.0 / settings.accumulation as f64,
+    };
+    let device = model.token_embeddings.device();
+    let overlap =
+        dp.filter(|_| settings.overlap_grad_reduce && matches!(optim, Optimizer::Replicated(_)));
+    let checkpoint = settings.activation_checkpointing;
+    let mut sums = Tensor::zeros([3], (Kind::Float, device)); // total, ce, z
+    let mut reduced = false;
+    for micro in 0..settings.accumulation {
+        let (inputs, targets) = next_batch()?;
+        let last = micro + 1 == settings.accumulation;
+        let terms = match overlap {
+            // The last micro-batch completes the gradients: reduce them as they finish.
+            Some(dp) if last => {
+                let mut reducer = dp.overlap_reducer();
+                let terms = forward_backward_staged(
+                    model,
+                    &inputs,
+                    &targets,
+                    spec,
+                    checkpoint,
+                    &mut |stage| {
+                        let grads: Vec<Tensor> = stages
+                            .iter()
+                            .filter(|(s, _)| *s == stage)
+                            .map(|(_, p)| p.grad())
+                            .collect();
+                        reducer.ready(&grads)
+                    },
+                )?;
+                reducer.finish()?;
+                reduced = true;
+                terms
+            }
+            _ => forward_backward_with(model, &inputs, &targets, spec, checkpoint, || {
+                if last {
+                    phases.forward_done();
+                }
+            })?,
+        };
+        sums += Tensor::stack(&[terms.total, terms.ce, terms.z_loss], 0).to_kind(Kind::Float);
+    }
+    phases.backward_done();
+    if input.poison {
+        sums *= f64::NAN;
+    }
+    // [total, ce, z, stop votes]: summed over ranks in a data-parallel run, so every rank
+    // sees the same loss (the mean over all micro-batches of all ranks) and stop decision.
+    let vote = f32::from(u8::from(input.stop_vote));
+    let packed = Tensor::cat(&[sums, Tensor::from_slice(&[vote]).to_device(device)], 0);
+    let mut micro_batches = settings.accumulation;
+    if let Some(dp) = dp {
+        dp.all_reduce_sum(&packed)?;
+        micro_batches *= dp.world_size();
+    }
+    optim.reduce_gradients(dp, reduced)?;
+    phases.reduce_done();
+    let norm = optim.clip(dp, settings.grad_clip)?;
+    // [loss, ce, z, grad norm]; identical on every rank, so every rank skips alike.
+    let measured = Tensor::cat(
+        &[
+            packed.narrow(0, 0, 3) / micro_batches as f64,
+            norm.to_kind(Kind::Float).reshape([1]),
+        ],
+        0,
+    );
+    let found_inf = found_inf(&measured);
+    optim.step(dp, input.lr, Some(&found_inf))?;
+    optim.zero_grad()?;
+    Ok(Tensor::cat(
+        &[measured, packed.narrow(0, 3, 1), found_inf.reshape([1])],
+        0,
+    ))
+}

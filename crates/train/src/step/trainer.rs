@@ -1,0 +1,509 @@
+//! The training loop: build the parts in data-flow order, then step, log and checkpoint until
+//! the step budget is spent, a signal arrives, or too many steps go bad.
+//!
+//! Data-parallel runs (a launcher environment with `WORLD_SIZE > 1`) join a c10d process group
+//! ([`DataParallel`]): the recipe hash is compared across ranks, rank 0's initial weights are
+//! broadcast, each rank reads its own shard of the data, and the step's loss sums (plus a stop
+//! vote) are all-reduced so every rank takes the same update/skip/stop decision
+//! ([`optimizer_step`]). Only rank 0 writes the run directory's shared files (recipe.yaml,
+//! metrics, TensorBoard, checkpoints); a checkpoint holds every rank's data-stream position.
+//!
+//! A step never waits for the device: whether to skip a non-finite update is decided on the
+//! device (the fused AdamW's `found_inf`), and the step's values (loss, gradient norm, skip
+//! flag, stop votes) travel to the host behind its work ([`Readback`]). With lagged reads (the
+//! default on CUDA) they are read after the next step is queued, so logging, skip counting and
+//! stop decisions trail the device by one step and the device never idles on the host.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tch::{nn, Device, Tensor};
+
+use corenet_data::{load_tokenizer, DataStream};
+use corenet_ffi::Readback;
+use corenet_model::OpenElm;
+
+use crate::checkpoint::contents::TrainState;
+use crate::checkpoint::resume::{choose_checkpoint, restore, Resume};
+use crate::checkpoint::save::save_checkpoint;
+use crate::checkpoint::store::CheckpointStore;
+use crate::dist::launcher_env::{rank_device, trainer_env};
+use crate::dist::{DataParallel, DistEnv};
+use crate::error::{Error, Result};
+use crate::log::run_log::{RunLogSetup, StepReport};
+use crate::log::RunLog;
+use crate::optim::{Optimizer, Schedule};
+use crate::recipe::{Precision, Recipe};
+use crate::step::batches::Batches;
+use crate::step::forward_backward::{parameter_stages, Stage};
+use crate::step::train_step::{
+    optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub resume: Resume,
+    /// End this process (with a checkpoint) once this step is reached; the recipe's step
+    /// budget still defines the schedule.
+    pub stop_at: Option<u64>,
+    /// Fault injection for tests: these steps get a NaN loss.
+    pub inject_nan_steps: BTreeSet<u64>,
+    /// Used when `dist` is unset: a single process is rank 0 of 1. With `world_size > 1` and no
+    /// `dist`, the launcher environment is read ([`DistEnv::from_env`]).
+    pub rank: usize,
+    pub world_size: usize,
+    /// The launcher's description of a data-parallel job (torchrun/Slurm variables); a world of
+    /// one trains as a single process.
+    pub dist: Option<DistEnv>,
+    /// Bounds the rendezvous and every collective and store read ([`DEFAULT_DIST_TIMEOUT`] when
+    /// unset): a dead or stuck rank makes the others fail after at most this long.
+    pub dist_timeout: Option<Duration>,
+    /// When a checkpoint's data-stream positions cannot be restored on this world size, start
+    /// the data stream afresh (model, optimizer and counters still resume) instead of failing.
+    pub restart_data: bool,
+    /// Start a fresh run from existing weights: an HF OpenELM folder (single or sharded
+    /// safetensors) or a corenet checkpoint directory, whose architecture must be the recipe's
+    /// (the vocabulary may differ: rows are resized). Ignored when the run resumes.
+    pub init_from: Option<PathBuf>,
+    /// `corenet train --dry-run`: one micro-batch per step instead of the accumulation loop,
+    /// no resume, and nothing written into the run directory (no recipe.yaml, metrics,
+    /// TensorBoard or checkpoint directory). Driven by [`crate::recipe::dry_run`].
+    pub dry_run: bool,
+}
+
+/// How long collectives wait for a peer unless [`TrainOptions::dist_timeout`] says otherwise.
+pub const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How a call to `train` ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub start_step: u64,
+    pub final_step: u64,
+    pub skipped_steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub interrupted: bool,
+}
+
+/// A step queued on the device whose values are still on their way to the host.
+#[derive(Debug)]
+struct PendingStep {
+    /// Steps completed once this one is (its 1-based number).
+    step: u64,
+    tokens_seen: u64,
+    lr: f64,
+    data_wait: Duration,
+    data_epochs: u64,
+    /// Laid out as [`values`].
+    values: Readback,
+}
+
+/// A stop request: this process's flag (set by a signal handler), and in a data-parallel run
+/// whether any rank's vote said stop as of the last step read (all ranks stop at one step).
+#[derive(Debug, Default)]
+struct StopRequest {
+    flag: Arc<AtomicBool>,
+    agreed: bool,
+}
+
+impl StopRequest {
+    fn vote(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    fn requested(&self, data_parallel: bool) -> bool {
+        match data_parallel {
+            false => self.vote(),
+            true => self.agreed,
+        }
+    }
+}
+
+pub struct Trainer {
+    recipe: Recipe,
+    options: TrainOptions,
+    _vs: nn::VarStore,
+    model: OpenElm,
+    /// Every parameter with the backward stage that finishes its gradient.
+    stages: Vec<(Stage, Tensor)>,
+    optim: Optimizer,
+    schedule: Schedule,
+    settings: StepSettings,
+    /// Read a step's values after queueing the next one (`trainer.lagged_reads`).
+    lagged: bool,
+    batches: Batches,
+    state: TrainState,
+    store: CheckpointStore,
+    /// Step of the last checkpoint this run wrote or resumed from.
+    last_saved: Option<u64>,
+    /// The process group of a data-parallel run (world size > 1).
+    dp: Option<DataParallel>,
+    stop: StopRequest,
+    log: RunLog,
+}
+
+impl Trainer {
+    /// Validates the recipe and its files, builds every part, and restores a checkpoint if asked.
+    /// In a data-parallel run this joins the process group and blocks until every rank has.
+    pub fn new(recipe: Recipe, options: TrainOptions) -> Result<Trainer> {
+        let env = trainer_env(options.dist.as_ref(), options.rank, options.world_size)?;
+        let (rank, world) = match &env {
+            Some(env) => (env.rank, env.world_size),
+            None => (options.rank, options.world_size.max(1)),
+        };
+        let accumulation = recipe.accumulation(world)?;
+        recipe.validate_files()?;
+        let tokenizer = load_tokenizer(&recipe.data.tokenizer)?;
+        let pad_id = recipe.check_vocabulary(tokenizer.as_ref())?;
+        if let Some(threads) = recipe.trainer.threads {
+            tch::set_num_threads(threads as i32);
+        }
+        let device = rank_device(
+            recipe.trainer.device.resolve("trainer.device")?,
+            env.as_ref(),
+        )?;
+        let dp = env
+            .as_ref()
+            .map(|env| {
+                let timeout = options.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT);
+                DataParallel::new(env, device, timeout, recipe.trainer.bucket_mb)
+            })
+            .transpose()?;
+        let recipe_hash = recipe.hash();
+        if let Some(dp) = &dp {
+            dp.check_recipe_hash(&recipe_hash)?;
+        }
+        let (checkpoint_dir, keep) = (recipe.checkpoint_dir(), recipe.checkpoint.keep_last);
+        let (store, resume_dir) = match options.dry_run {
+            true => (CheckpointStore::unopened(checkpoint_dir, keep), None),
+            false => {
+                let store = CheckpointStore::new(checkpoint_dir, keep)?;
+                let dir = choose_checkpoint(&store, &options.resume, dp.as_ref())?;
+                (store, dir)
+            }
+        };
+        let (vs, model) = build_model(&recipe, device)?;
+        match (&options.init_from, &resume_dir) {
+            (Some(init), Some(dir)) => {
+                tracing::info!(init_from = %init.display(), checkpoint = %dir.display(), "resuming this run's checkpoint; --init-from is ignored");
+            }
+            // Every rank may load; the broadcast below keeps them equal either way.
+            (Some(init), None) => corenet_model::pretrained::load_pretrained(&model, init)?,
+            (None, _) => {}
+        }
+        if let Some(dp) = &dp {
+            // Same seed, same weights in principle; the broadcast makes it so regardless of
+            // the platform's RNG, before the optimizer copies f32 masters from them.
+            dp.broadcast_parameters(&model.named_parameters())?;
+        }
+        let mut optim = Optimizer::new(
+            model.named_parameters(),
+            &recipe.optimizer,
+            recipe.trainer.sharded_optimizer,
+            dp.as_ref(),
+        )?;
+        let schedule = Schedule::new(&recipe.schedule)?;
+        let restored = resume_dir
+            .as_deref()
+            .map(|dir| {
+                let layout = (rank, world);
+                restore(
+                    dir,
+                    &model,
+                    &mut optim,
+                    &recipe,
+                    layout,
+                    options.restart_data,
+                )
+            })
+            .transpose()?;
+        let (restored, data_resume) = match restored {
+            Some(r) => (Some(r.state), r.data),
+            None => (None, None),
+        };
+        let data = DataStream::open(&recipe.data, rank, world, data_resume)?;
+        let mut state = restored.unwrap_or_else(|| {
+            TrainState::fresh(data.state().clone(), recipe_hash, recipe.trainer.seed)
+        });
+        // In memory, `data` is this rank's own position; a save gathers every rank's.
+        state.data = data.state().clone();
+        state.data_ranks.clear();
+        let log = RunLog::open(RunLogSetup {
+            logging: &recipe.logging,
+            recipe_yaml: recipe.to_yaml()?,
+            log_dir: &recipe.log_dir(),
+            start_step: state.step,
+            total_steps: recipe.trainer.steps,
+            root: rank == 0,
+            dry_run: options.dry_run,
+            device,
+            world_size: world,
+            flops_per_token: recipe.model.training_flops_per_token(recipe.data.seq_len)?,
+        })?;
+        let settings = StepSettings {
+            // Dry runs take one micro-batch per step (the arithmetic above was still checked).
+            accumulation: if options.dry_run { 1 } else { accumulation },
+            ignore_index: pad_id,
+            z_loss: recipe.trainer.z_loss,
+            activation_checkpointing: recipe.trainer.activation_checkpointing,
+            overlap_grad_reduce: recipe.trainer.overlap_grad_reduce,
+            grad_clip: recipe.optimizer.grad_clip,
+        };
+        tracing::info!(
+            params = recipe.model.param_count()?.total(),
+            accumulation = settings.accumulation,
+            rank,
+            world_size = world,
+            start_step = state.step,
+            ?device,
+            "trainer ready"
+        );
+        Ok(Trainer {
+            lagged: recipe
+                .trainer
+                .lagged_reads
+                .unwrap_or_else(|| device.is_cuda()),
+            stages: parameter_stages(&model),
+            last_saved: resume_dir.as_ref().map(|_| state.step),
+            batches: Batches::new(data, device),
+            recipe,
+            options,
+            _vs: vs,
+            model,
+            optim,
+            schedule,
+            settings,
+            state,
+            store,
+            dp,
+            stop: StopRequest::default(),
+            log,
+        })
+    }
+
+    /// Set it (e.g. from a signal handler) to make `train` checkpoint and return.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop.flag)
+    }
+
+    pub fn model(&self) -> &OpenElm {
+        &self.model
+    }
+
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// One optimizer step as `train` takes it (on one micro-batch in a dry run); returns the
+    /// step's loss. Writes nothing; `train` is what logs and checkpoints.
+    pub fn step_once(&mut self) -> Result<f64> {
+        let pending = self.train_step()?;
+        let host = self.account(pending)?;
+        Ok(host[values::LOSS])
+    }
+
+    /// Runs until the recipe's step budget (or `stop_at`, or a stop request).
+    pub fn train(&mut self) -> Result<RunSummary> {
+        let start_step = self.state.step;
+        let total = self.recipe.trainer.steps;
+        let end = self.options.stop_at.map_or(total, |s| s.min(total));
+        self.log.start(start_step);
+        let mut summary = RunSummary {
+            start_step,
+            final_step: start_step,
+            skipped_steps: self.state.skipped_steps,
+            first_loss: None,
+            last_loss: None,
+            interrupted: false,
+        };
+        let mut in_flight: Option<PendingStep> = None;
+        while self.state.step < end {
+            if self.stop.requested(self.dp.is_some()) {
+                summary.interrupted = true;
+                break;
+            }
+            let pending = self.train_step()?;
+            let ready = if self.lagged {
+                in_flight.replace(pending)
+            } else {
+                Some(pending)
+            };
+            if let Some(ready) = ready {
+                self.settle(ready, &mut in_flight, &mut summary)?;
+            }
+            let interval = self.recipe.checkpoint.interval;
+            if interval > 0 && self.state.step % interval == 0 {
+                self.settle_all(&mut in_flight, &mut summary)?;
+                self.save()?;
+            }
+        }
+        self.settle_all(&mut in_flight, &mut summary)?;
+        self.log.finish();
+        if self.last_saved != Some(self.state.step) {
+            self.save()?;
+        }
+        summary.final_step = self.state.step;
+        summary.skipped_steps = self.state.skipped_steps;
+        Ok(summary)
+    }
+
+    /// Queues one optimizer step ([`optimizer_step`]) and returns without reading anything
+    /// from the device.
+    fn train_step(&mut self) -> Result<PendingStep> {
+        let lr = self.schedule.lr(self.state.step);
+        let input = StepInput {
+            lr,
+            stop_vote: self.stop.vote(),
+            poison: self.options.inject_nan_steps.contains(&self.state.step),
+        };
+        let (step, steps) = (self.state.step, self.recipe.trainer.steps);
+        let batches = &mut self.batches;
+        let parts = StepParts {
+            model: &self.model,
+            optim: &mut self.optim,
+            dp: self.dp.as_ref(),
+            stages: &self.stages,
+        };
+        let step_values = optimizer_step(
+            parts,
+            &self.settings,
+            input,
+            &mut || batches.next(step, steps),
+            &mut NoPhases,
+        )?;
+        if let Some(position) = self.batches.take_position() {
+            self.state.data = position;
+        }
+        self.state.step += 1;
+        self.state.tokens_seen +=
+            (self.recipe.trainer.global_batch * self.recipe.data.seq_len) as u64;
+        Ok(PendingStep {
+            step: self.state.step,
+            tokens_seen: self.state.tokens_seen,
+            lr,
+            data_wait: self.batches.take_wait(),
+            data_epochs: self.state.data.stats().iter().map(|s| s.epochs).sum(),
+            values: Readback::start(&step_values)?,
+        })
+    }
+
+    /// Reads a step's values (waiting for them if the device is behind) and counts it: skipped
+    /// or taken, and any rank's stop vote.
+    fn account(&mut self, pending: PendingStep) -> Result<Vec<f64>> {
+        let host = pending.values.wait()?;
+        if host.len() != values::LEN {
+            return Err(Error::OptimizerState(format!(
+                "a step returned {} values, expected {}",
+                host.len(),
+                values::LEN
+            )));
+        }
+        if host[values::STOP_VOTES] > 0.0 {
+            self.stop.agreed = true;
+        }
+        if host[values::SKIPPED] != 0.0 {
+            self.state.skipped_steps += 1;
+            self.state.consecutive_bad += 1;
+            tracing::warn!(
+                step = pending.step - 1,
+                loss = host[values::LOSS],
+                grad_norm = host[values::GRAD_NORM],
+                "non-finite step skipped"
+            );
+        } else {
+            self.state.optimizer_steps += 1;
+            self.state.consecutive_bad = 0;
+        }
+        Ok(host)
+    }
+
+    /// [`Self::account`], then the run log, and the bad-step limit: when it is reached, the
+    /// step still in flight is counted and the state (whose weights are the last good ones: bad
+    /// steps change nothing) is saved before the error.
+    fn settle(
+        &mut self,
+        pending: PendingStep,
+        in_flight: &mut Option<PendingStep>,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        let (step, tokens_seen, lr) = (pending.step, pending.tokens_seen, pending.lr);
+        let (data_wait, data_epochs) = (pending.data_wait, pending.data_epochs);
+        let host = self.account(pending)?;
+        let report = StepReport {
+            step,
+            tokens_seen,
+            loss: host[values::LOSS],
+            ce: host[values::CE],
+            z_loss: host[values::Z_LOSS],
+            grad_norm: host[values::GRAD_NORM],
+            lr,
+            skipped_steps: self.state.skipped_steps,
+            data_wait,
+            data_epochs,
+        };
+        if host[values::SKIPPED] == 0.0 {
+            summary.first_loss.get_or_insert(report.loss);
+            summary.last_loss = Some(report.loss);
+        }
+        self.log.step(&report)?;
+        let count = self.state.consecutive_bad;
+        if count >= self.recipe.trainer.max_bad_steps {
+            if let Some(next) = in_flight.take() {
+                self.account(next)?;
+            }
+            self.save()?;
+            return Err(Error::NonFinite {
+                count,
+                step: report.step,
+            });
+        }
+        Ok(())
+    }
+
+    /// Settles the step still in flight, if any (before a checkpoint or the end of the run).
+    fn settle_all(
+        &mut self,
+        in_flight: &mut Option<PendingStep>,
+        summary: &mut RunSummary,
+    ) -> Result<()> {
+        match in_flight.take() {
+            Some(pending) => self.settle(pending, in_flight, summary),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a checkpoint of the current state ([`save_checkpoint`]); in a data-parallel run
+    /// every rank must call it.
+    pub fn save(&mut self) -> Result<()> {
+        save_checkpoint(
+            &self.store,
+            &self.model,
+            &self.optim,
+            self.dp.as_ref(),
+            &self.state,
+        )?;
+        self.last_saved = Some(self.state.step);
+        Ok(())
+    }
+}
+
+/// libtorch's default generator is process-wide: seeding and drawing the initial weights must
+/// not interleave with another trainer's (tests run several in parallel threads).
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+fn build_model(recipe: &Recipe, device: Device) -> Result<(nn::VarStore, OpenElm)> {
+    let guard = INIT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(recipe.trainer.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = OpenElm::new(&vs.root(), &recipe.model)?;
+    drop(guard);
+    if recipe.trainer.precision == Precision::Bf16 {
+        vs.bfloat16();
+    }
+    Ok((vs, model))
+}
