@@ -9,26 +9,22 @@
 //! initialisation (CoreNet draws every row, the pad row included, from N(0, d^-0.5); ids past the
 //! tokenizer's never occur in the data), extra rows of the file are dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use safetensors::SafeTensors;
 use serde_json::Value;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device};
 
 use crate::config::OpenElmConfig;
 use crate::error::{Error, Result};
 use crate::hf::{read_hf_config, CONFIG_FILE, WEIGHTS_FILE};
 use crate::openelm::OpenElm;
-use crate::weights::{read_file, tensor_from_view};
+use crate::weights::{copy_tensors, read_file};
 
 /// The model config a corenet checkpoint stores next to `model.safetensors` (CoreNet names).
 pub const MODEL_CONFIG_FILE: &str = "model_config.json";
 /// HF's index of a sharded checkpoint: `{"weight_map": {tensor name: shard file}}`.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
-
-/// Tensors whose first dimension is the vocabulary.
-const VOCAB_TENSORS: [&str; 2] = ["transformer.token_embeddings.weight", "lm_head.weight"];
 
 /// The model config of a folder: `config.json` (HF) or else `model_config.json` (corenet).
 pub fn read_folder_config(dir: &Path) -> Result<OpenElmConfig> {
@@ -161,87 +157,5 @@ fn check_architecture(folder: &OpenElmConfig, model: &OpenElmConfig, dir: &Path)
             });
         }
     }
-    Ok(())
-}
-
-/// Copies the tensors of `files` into `model`'s parameters; every parameter must be found
-/// exactly once and every tensor must be a parameter. With `resize_vocab`, vocabulary tensors
-/// may differ in rows.
-pub(crate) fn copy_tensors(model: &OpenElm, files: &[PathBuf], resize_vocab: bool) -> Result<()> {
-    let params: HashMap<String, Tensor> = model.named_parameters().into_iter().collect();
-    let mut seen: HashMap<String, PathBuf> = HashMap::new();
-    for path in files {
-        // One shard in memory at a time.
-        let bytes = read_file(path)?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::SafeTensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        for (name, view) in file.tensors() {
-            let param = params.get(&name).ok_or_else(|| Error::UnexpectedTensor {
-                path: path.clone(),
-                name: name.clone(),
-            })?;
-            if let Some(first) = seen.insert(name.clone(), path.clone()) {
-                return Err(Error::SafeTensors {
-                    path: path.clone(),
-                    message: format!("tensor `{name}` is also in {}", first.display()),
-                });
-            }
-            let source = tensor_from_view(path, &name, &view)?;
-            let source = fit_rows(path, &name, param, source, resize_vocab)?;
-            copy_into(param, &source)?;
-        }
-    }
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    if let Some(missing) = names.into_iter().find(|n| !seen.contains_key(*n)) {
-        return Err(Error::MissingTensor {
-            path: files.first().cloned().unwrap_or_default(),
-            name: missing.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// `source` shaped like `param`: the same shape, or for a vocabulary tensor (V', C) against
-/// (V, C) the shared min(V, V') rows written over a copy of `param`'s current rows.
-fn fit_rows(
-    path: &Path,
-    name: &str,
-    param: &Tensor,
-    source: Tensor,
-    resize_vocab: bool,
-) -> Result<Tensor> {
-    let (want, found) = (param.size(), source.size());
-    if want == found {
-        return Ok(source);
-    }
-    let resizable =
-        resize_vocab && VOCAB_TENSORS.contains(&name) && want.len() == 2 && found.len() == 2;
-    if !resizable || want[1] != found[1] {
-        return Err(Error::ShapeMismatch {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            expected: want,
-            found,
-        });
-    }
-    let rows = want[0].min(found[0]);
-    let merged = param.detach().to_device(Device::Cpu).to_kind(source.kind()); // (V, C)
-    tch::no_grad(|| {
-        merged
-            .narrow(0, 0, rows)
-            .f_copy_(&source.narrow(0, 0, rows))
-    })?;
-    Ok(merged)
-}
-
-/// Writes `source` (same shape) into `param`, converting dtype and device.
-fn copy_into(param: &Tensor, source: &Tensor) -> Result<()> {
-    tch::no_grad(|| {
-        let mut target = param.shallow_clone();
-        target.f_copy_(&source.to_kind(param.kind()).to_device(param.device()))
-    })?;
     Ok(())
 }

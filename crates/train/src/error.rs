@@ -20,14 +20,6 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A TFRecord / TensorBoard event file is malformed (bad framing, CRC mismatch, bad protobuf).
-    #[error("{path}: bad record at byte {offset}: {reason}")]
-    Record {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
-
     /// A checkpoint directory is incomplete or its manifest cannot be used.
     #[error("checkpoint {dir}: {reason}")]
     Checkpoint { dir: PathBuf, reason: String },

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use corenet_train::checkpoint::contents::TrainState;
@@ -28,6 +29,13 @@ const STOP_AT_VAR: &str = "CORENET_DDP_STOP_AT";
 /// One more `--set` override for this child only.
 const EXTRA_VAR: &str = "CORENET_DDP_EXTRA";
 const TIMEOUT_VAR: &str = "CORENET_DDP_TIMEOUT_S";
+
+/// The MFU comparison times runs, so it takes the machine alone; the other tests share it.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+fn machine_shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
 
 fn recipe_tree(value: &Value, sets: &[&str]) -> Value {
     let mut tree = value.clone();
@@ -312,6 +320,7 @@ fn two_ranks_match_one_process_with_accumulation() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     two_ranks_match_one_process("two_ranks_match_one_process_with_accumulation", &[]);
 }
 
@@ -324,6 +333,7 @@ fn two_sharded_ranks_match_one_process_with_accumulation() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     two_ranks_match_one_process(
         "two_sharded_ranks_match_one_process_with_accumulation",
         &[
@@ -339,6 +349,7 @@ fn two_ranks_without_overlap_match_one_process() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     two_ranks_match_one_process(
         "two_ranks_without_overlap_match_one_process",
         &["trainer.overlap_grad_reduce=false"],
@@ -420,6 +431,7 @@ fn two_rank_checkpoint_resumes_exactly() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     two_rank_checkpoint_resumes("two_rank_checkpoint_resumes_exactly", &[]);
 }
 
@@ -429,6 +441,7 @@ fn two_sharded_rank_checkpoint_resumes_exactly() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     two_rank_checkpoint_resumes(
         "two_sharded_rank_checkpoint_resumes_exactly",
         &[
@@ -607,6 +620,7 @@ fn killed_rank_makes_the_other_fail_not_hang() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     kill_one_rank("killed_rank_makes_the_other_fail_not_hang", 1);
 }
 
@@ -615,6 +629,7 @@ fn killed_rank_0_makes_the_other_fail_not_hang() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     kill_one_rank("killed_rank_0_makes_the_other_fail_not_hang", 0);
 }
 
@@ -625,6 +640,7 @@ fn mismatched_recipes_fail_on_every_rank_naming_both_hashes() {
     if std::env::var(ROLE_VAR).is_ok() {
         return child();
     }
+    let _machine = machine_shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = recipe_tree(
         &base(dir.path()),
@@ -670,5 +686,97 @@ fn mismatched_recipes_fail_on_every_rank_naming_both_hashes() {
             .join("step-00000001")
             .exists(),
         "nothing trained"
+    );
+}
+
+// --- (e) MFU is per device -----------------------------------------------------------------
+
+/// Two ranks doing one rank's per-device work (micro-batch 4 each, global batch 8 against 4)
+/// report the per-device MFU, not the world's: the logged MFU is computed from the per-device
+/// token rate (`tokens_per_s / world_size`), and it lands near the single rank's. Before the
+/// fix a data-parallel run divided the whole job's tokens by one device's peak, which doubles
+/// MFU on 2 ranks.
+#[test]
+fn two_ranks_report_the_per_device_mfu_of_one_rank() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    let _machine = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peak = 1e12;
+    let base = recipe_tree(
+        &common::setup(dir.path()),
+        &[
+            "trainer.steps=12",
+            "checkpoint.interval=0",
+            "data.workers=1",
+            "trainer.micro_batch=4",
+            "logging.device_peak_flops=1e12",
+        ],
+    );
+    let single_dir = dir.path().join("single");
+    let single = recipe(
+        &base,
+        &[
+            "trainer.global_batch=4",
+            &format!("run.dir={}", single_dir.display()),
+        ],
+    );
+    let flops_per_token = single
+        .model
+        .training_flops_per_token(single.data.seq_len)
+        .expect("flops");
+    let mut trainer = Trainer::new(single, TrainOptions::default()).expect("single trainer");
+    trainer.train().expect("train");
+    drop(trainer);
+    let ddp_dir = dir.path().join("ddp");
+    let ddp = recipe_tree(
+        &base,
+        &[
+            "trainer.global_batch=8",
+            &format!("run.dir={}", ddp_dir.display()),
+        ],
+    );
+    train_2_ranks(
+        "two_ranks_report_the_per_device_mfu_of_one_rank",
+        dir.path(),
+        &ddp,
+        no_env,
+        12,
+    );
+
+    let median_mfu = |path: PathBuf, world: f64| -> f64 {
+        let lines = read_metrics(path).expect("metrics");
+        let mut mfus = Vec::new();
+        for line in lines.iter().filter(|l| l.tokens_per_s > 0.0) {
+            assert_eq!(line.extras["world_size"], world as u64);
+            let per_device = line.extras["tokens_per_s_per_device"]
+                .as_f64()
+                .expect("per-device rate");
+            assert!((per_device - line.tokens_per_s / world).abs() <= 1e-9 * per_device);
+            let mfu = line.mfu.expect("a peak was given");
+            let want = flops_per_token * per_device / peak;
+            assert!(
+                (mfu - want).abs() <= 1e-12 * want,
+                "step {}: {mfu} vs {want}",
+                line.step
+            );
+            mfus.push(mfu);
+        }
+        assert!(mfus.len() >= 8, "{} lines with a rate", mfus.len());
+        mfus.sort_by(f64::total_cmp);
+        mfus[mfus.len() / 2]
+    };
+    let one = median_mfu(single_dir.join("metrics.jsonl"), 1.0);
+    let two = median_mfu(ddp_dir.join("metrics.jsonl"), 2.0);
+    eprintln!(
+        "median MFU: 1 rank {one:.3e}, 2 ranks {two:.3e} (ratio {:.2})",
+        two / one
+    );
+    // Same per-device work on a 2-core machine: near 1 (Gloo and a shared machine cost some),
+    // far from the 2 a world-summed MFU would give.
+    assert!(
+        (0.35..1.6).contains(&(two / one)),
+        "2-rank MFU {two} against 1-rank {one}"
     );
 }

@@ -2,15 +2,16 @@
 //! checkpoints, corrupted newest checkpoint), non-finite steps, logs, and recipe errors.
 
 mod common;
+mod tensorboard_reader;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use corenet_train::log::metrics::read_metrics;
-use corenet_train::log::tensorboard::read_events;
 use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
 use serde_json::Value;
+use tensorboard_reader::read_events;
 
 fn recipe(value: &Value, sets: &[&str]) -> Recipe {
     let mut tree = value.clone();

@@ -1,4 +1,4 @@
-//! SentencePiece `tokenizer.model` read directly: a minimal protobuf decoder for `ModelProto`
+//! SentencePiece `tokenizer.model` read directly: `ModelProto` decoded with prost (proto.rs)
 //! and the equivalent `tokenizers` BPE (byte fallback, score-ranked merges, SentencePiece's
 //! normalizer), so LLaMA-2's tokenizer gives the same ids as the `sentencepiece` library.
 //!
