@@ -1,6 +1,8 @@
 //! `corenet`: the command-line front end of corenet-rs. Argument parsing and dispatch only; the
 //! work happens in the library crates.
 
+#![forbid(unsafe_code)]
+
 mod bench_cmd;
 mod checkpoint_cmd;
 mod data_cmd;

@@ -6,6 +6,8 @@
 //! ([`read`]) → pieces → [`TextTokenizer`] → rows (packed, or CoreNet's pad/truncate) →
 //! [`Batch`] (with the [`StreamState`] right after it) via [`DataStream`].
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod config;
 pub mod error;

@@ -5,6 +5,8 @@
 //! pairs, [`scoring`] computes log-likelihoods in padded batches, [`accuracy`] aggregates acc and
 //! acc_norm).
 
+#![forbid(unsafe_code)]
+
 pub mod accuracy;
 pub mod error;
 pub mod perplexity;

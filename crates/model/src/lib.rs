@@ -4,6 +4,8 @@
 //! then only see per-layer head counts and FFN widths. Tensor names are HF OpenELM's, so
 //! safetensors files map 1:1 onto Apple's released checkpoints.
 
+#![forbid(unsafe_code)]
+
 pub mod attention;
 pub mod block;
 pub mod config;

@@ -745,9 +745,11 @@ fn two_ranks_report_the_per_device_mfu_of_one_rank() {
         12,
     );
 
-    let median_mfu = |path: PathBuf, world: f64| -> f64 {
+    // (median MFU, median per-device token rate) of a run's metrics.
+    let medians = |path: PathBuf, world: f64| -> (f64, f64) {
         let lines = read_metrics(path).expect("metrics");
         let mut mfus = Vec::new();
+        let mut rates = Vec::new();
         for line in lines.iter().filter(|l| l.tokens_per_s > 0.0) {
             assert_eq!(line.extras["world_size"], world as u64);
             let per_device = line.extras["tokens_per_s_per_device"]
@@ -762,21 +764,26 @@ fn two_ranks_report_the_per_device_mfu_of_one_rank() {
                 line.step
             );
             mfus.push(mfu);
+            rates.push(per_device);
         }
         assert!(mfus.len() >= 8, "{} lines with a rate", mfus.len());
         mfus.sort_by(f64::total_cmp);
-        mfus[mfus.len() / 2]
+        rates.sort_by(f64::total_cmp);
+        (mfus[mfus.len() / 2], rates[rates.len() / 2])
     };
-    let one = median_mfu(single_dir.join("metrics.jsonl"), 1.0);
-    let two = median_mfu(ddp_dir.join("metrics.jsonl"), 2.0);
+    let (one, rate_one) = medians(single_dir.join("metrics.jsonl"), 1.0);
+    let (two, rate_two) = medians(ddp_dir.join("metrics.jsonl"), 2.0);
     eprintln!(
-        "median MFU: 1 rank {one:.3e}, 2 ranks {two:.3e} (ratio {:.2})",
+        "median MFU: 1 rank {one:.3e}, 2 ranks {two:.3e} (ratio {:.2}; per-device rates {rate_one:.0} and {rate_two:.0} tokens/s)",
         two / one
     );
-    // Same per-device work on a 2-core machine: near 1 (Gloo and a shared machine cost some),
-    // far from the 2 a world-summed MFU would give.
+    // The two runs' MFUs differ only as fast as one device works in each: the ratio of the
+    // per-device rates, not twice it.
+    assert!(((two / one) - (rate_two / rate_one)).abs() <= 1e-9);
+    // On a shared 2-core machine two ranks are somewhat slower per device than one (Gloo, two
+    // processes on two cores); a sanity bound, not a speed target.
     assert!(
-        (0.35..1.6).contains(&(two / one)),
+        (0.25..1.6).contains(&(two / one)),
         "2-rank MFU {two} against 1-rank {one}"
     );
 }

@@ -197,18 +197,18 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.util import tensor_util
 out = []
 for ev in EventFileLoader(sys.argv[1]).Load():
-kind = ev.WhichOneof("what")
-if kind == "file_version":
-    out.append({"file_version": ev.file_version, "step": ev.step})
-elif kind == "summary":
-    for v in ev.summary.value:
-        # EventFileLoader migrates simple_value into a scalar tensor tagged for the
-        # "scalars" plugin, which is exactly how TensorBoard will display it.
-        if v.WhichOneof("value") == "simple_value":
-            value, plugin = v.simple_value, "scalars"
-        else:
-            value, plugin = tensor_util.make_ndarray(v.tensor).item(), v.metadata.plugin_data.plugin_name
-        out.append({"step": ev.step, "tag": v.tag, "value": value, "plugin": plugin})
+    kind = ev.WhichOneof("what")
+    if kind == "file_version":
+        out.append({"file_version": ev.file_version, "step": ev.step})
+    elif kind == "summary":
+        for v in ev.summary.value:
+            # EventFileLoader migrates simple_value into a scalar tensor tagged for the
+            # "scalars" plugin, which is exactly how TensorBoard will display it.
+            if v.WhichOneof("value") == "simple_value":
+                value, plugin = v.simple_value, "scalars"
+            else:
+                value, plugin = tensor_util.make_ndarray(v.tensor).item(), v.metadata.plugin_data.plugin_name
+            out.append({"step": ev.step, "tag": v.tag, "value": value, "plugin": plugin})
 print(json.dumps(out))
 "#;
     let output = std::process::Command::new(&python)

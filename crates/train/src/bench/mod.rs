@@ -10,9 +10,8 @@
 //!   tokens/s and MFU come from these: the window's wall time (closed by one synchronisation)
 //!   over its steps.
 //! * `split_steps` synchronised steps: the device is synchronised at every phase boundary
-//!   (after the loss, after backward, after the reductions, after the optimizer) so that the
-//!   forward / backward / communication / optimizer times are real; a single process has no
-//!   peers, so its communication time is only the phase's bookkeeping.
+//!   (after the loss, after backward, after the optimizer) so that the forward / backward /
+//!   optimizer times are real; a single process has no communication, reported as 0.
 //!
 //! The update is the trainer's: clipping, then fused AdamW whose skip of a non-finite step is
 //! decided on the device (`found_inf`), so neither reads a value back inside a step. The

@@ -16,7 +16,7 @@ pub struct TimeSplit {
     pub backward_s: f64,
     /// Gradient clipping, the AdamW update and zeroing the gradients.
     pub optimizer_s: f64,
-    /// Loss-sum and gradient reduction across ranks (bookkeeping only in a single process).
+    /// Gradient all-reduce; 0 in a single process.
     pub communication_s: f64,
     /// The whole synchronised step (median of the per-step totals).
     pub step_s: f64,

@@ -82,7 +82,6 @@ struct SyncedPhases {
     device: Device,
     forward: Option<Instant>,
     backward: Option<Instant>,
-    reduce: Option<Instant>,
 }
 
 impl SyncedPhases {
@@ -99,10 +98,6 @@ impl Phases for SyncedPhases {
 
     fn backward_done(&mut self) {
         self.backward = self.mark();
-    }
-
-    fn reduce_done(&mut self) {
-        self.reduce = self.mark();
     }
 }
 
@@ -209,7 +204,7 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
     let window_s = window.elapsed().as_secs_f64();
 
     // Synchronised steps for the phase split.
-    let mut splits: Vec<[f64; 4]> = Vec::with_capacity(config.split_steps);
+    let mut splits: Vec<[f64; 3]> = Vec::with_capacity(config.split_steps);
     for _ in 0..config.split_steps {
         let next = tokens.next();
         device::synchronize(device);
@@ -218,19 +213,17 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
             device,
             forward: None,
             backward: None,
-            reduce: None,
         };
         // Only the clock matters here; the values are not read.
         let _ = bench.step(batch, &mut phases)?;
         device::synchronize(device);
         let end = Instant::now();
         let at = |t: Option<Instant>| t.unwrap_or(t0);
-        let (fwd, bwd, red) = (at(phases.forward), at(phases.backward), at(phases.reduce));
+        let (fwd, bwd) = (at(phases.forward), at(phases.backward));
         splits.push([
             (fwd - t0).as_secs_f64(),
             (bwd - fwd).as_secs_f64(),
-            (red - bwd).as_secs_f64(),
-            (end - red).as_secs_f64(),
+            (end - bwd).as_secs_f64(),
         ]);
         batch = next;
     }
@@ -238,8 +231,9 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
     let split = TimeSplit {
         forward_s: column(0),
         backward_s: column(1),
-        communication_s: column(2),
-        optimizer_s: column(3),
+        optimizer_s: column(2),
+        // One process: nothing to communicate (the bench has no process group).
+        communication_s: 0.0,
         step_s: median(&splits.iter().map(|p| p.iter().sum()).collect::<Vec<_>>()),
     };
     let (peak_memory_bytes, peak_memory_source) = match device {

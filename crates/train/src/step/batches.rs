@@ -30,11 +30,6 @@ impl Batches {
         }
     }
 
-    /// The stream's position after the last batch it produced.
-    pub fn stream_state(&self) -> &StreamState {
-        self.stream.state()
-    }
-
     /// The next micro-batch as (B, T) int64 inputs and targets on the device. `step` is the
     /// optimizer step asking, for the error when the stream has ended.
     pub fn next(&mut self, step: u64, steps: u64) -> Result<(Tensor, Tensor)> {

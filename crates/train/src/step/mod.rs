@@ -5,10 +5,10 @@
 //! checkpointing, or stage by stage for overlapped all-reduce); [`loss`] is CoreNet's loss;
 //! [`batches`] turns the data stream into device tensors and times the wait for them.
 
-pub mod batches;
+pub(crate) mod batches;
 pub(crate) mod forward_backward;
 pub mod loss;
-pub mod train_step;
+pub(crate) mod train_step;
 pub mod trainer;
 
 pub use trainer::{RunSummary, TrainOptions, Trainer, DEFAULT_DIST_TIMEOUT};

@@ -72,8 +72,6 @@ pub(crate) trait Phases {
     fn forward_done(&mut self) {}
     /// Every micro-batch's backward is done.
     fn backward_done(&mut self) {}
-    /// Loss sums and gradients are reduced across ranks.
-    fn reduce_done(&mut self) {}
 }
 
 /// No phase boundaries of interest.
@@ -156,7 +154,6 @@ pub(crate) fn optimizer_step(
         micro_batches *= dp.world_size();
     }
     optim.reduce_gradients(dp, reduced)?;
-    phases.reduce_done();
     let norm = optim.clip(dp, settings.grad_clip)?;
     // [loss, ce, z, grad norm]; identical on every rank, so every rank skips alike.
     let measured = Tensor::cat(
