@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::log::{mfu, peak_bf16_flops};
 use crate::optim::Optimizer;
 use crate::recipe::Precision;
-use crate::step::forward_backward::parameter_stages;
 use crate::step::train_step::{
     optimizer_step, values, NoPhases, Phases, StepInput, StepParts, StepSettings,
 };
@@ -105,7 +104,6 @@ impl Phases for SyncedPhases {
 struct Bench {
     model: OpenElm,
     optim: Optimizer,
-    stages: Vec<(crate::step::forward_backward::Stage, Tensor)>,
     settings: StepSettings,
     lr: f64,
 }
@@ -118,7 +116,8 @@ impl Bench {
             model: &self.model,
             optim: &mut self.optim,
             dp: None,
-            stages: &self.stages,
+            // Stages only matter to an overlapped all-reduce, which one process never runs.
+            stages: &[],
         };
         let input = StepInput {
             lr: self.lr,
@@ -154,7 +153,6 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
     }
     let optim = Optimizer::new(model.named_parameters(), &config.optimizer, false, None)?;
     let mut bench = Bench {
-        stages: parameter_stages(&model),
         model,
         optim,
         settings: StepSettings {

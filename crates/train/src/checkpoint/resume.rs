@@ -155,12 +155,12 @@ pub(crate) fn restore(
     model: &corenet_model::OpenElm,
     optim: &mut crate::optim::Optimizer,
     recipe: &Recipe,
+    recipe_hash: &str,
     (rank, world): (usize, usize),
     restart_data: bool,
 ) -> Result<Restored> {
     let state = crate::checkpoint::contents::read_checkpoint(dir, model, optim)?;
     tracing::info!(step = state.step, dir = %dir.display(), "resumed");
-    let recipe_hash = recipe.hash();
     if state.recipe_hash != recipe_hash {
         tracing::warn!(checkpoint = %state.recipe_hash, recipe = %recipe_hash, "resuming with a recipe that differs from the checkpoint's");
     }

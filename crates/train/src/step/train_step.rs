@@ -25,7 +25,6 @@ pub(crate) mod values {
     pub const STOP_VOTES: usize = 4;
     /// 1 when the device skipped the update.
     pub const SKIPPED: usize = 5;
-    pub const LEN: usize = 6;
 }
 
 /// What a step works on.

@@ -215,6 +215,7 @@ impl Trainer {
                     &model,
                     &mut optim,
                     &recipe,
+                    &recipe_hash,
                     layout,
                     options.restart_data,
                 )
@@ -394,13 +395,6 @@ impl Trainer {
     /// or taken, and any rank's stop vote.
     fn account(&mut self, pending: PendingStep) -> Result<Vec<f64>> {
         let host = pending.values.wait()?;
-        if host.len() != values::LEN {
-            return Err(Error::OptimizerState(format!(
-                "a step returned {} values, expected {}",
-                host.len(),
-                values::LEN
-            )));
-        }
         if host[values::STOP_VOTES] > 0.0 {
             self.stop.agreed = true;
         }
