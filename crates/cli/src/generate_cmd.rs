@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use corenet_model::generate::{generate, SamplingConfig};
-use corenet_model::{OpenElm, OpenElmConfig};
-use corenet_train::checkpoint::contents::{MODEL_CONFIG_FILE, MODEL_FILE};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A checkpoint directory (holding model.safetensors and model_config.json).
+    /// A checkpoint directory (step-XXXXXXXX, verified against its manifest) or an HF OpenELM
+    /// folder.
     checkpoint: PathBuf,
     /// tokenizer.json or a SentencePiece tokenizer.model.
     #[arg(long)]
@@ -32,23 +31,19 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let config_path = args.checkpoint.join(MODEL_CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: OpenElmConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", config_path.display()))?;
     let tokenizer = corenet_data::load_tokenizer(&args.tokenizer)?;
-    if tokenizer.vocab_size() > config.vocab_size {
+    // Verifies the checkpoint's manifest (or an HF folder's tensors) before using it.
+    let (_vs, model) =
+        corenet_model::pretrained::open(&args.checkpoint, tch::Device::cuda_if_available())
+            .with_context(|| format!("loading {}", args.checkpoint.display()))?;
+    let rows = model.config().vocab_size;
+    if tokenizer.vocab_size() > rows {
         anyhow::bail!(
-            "{} has {} ids, the model only {} rows",
+            "{} has {} ids, the model only {rows} rows",
             args.tokenizer.display(),
             tokenizer.vocab_size(),
-            config.vocab_size
         );
     }
-    let vs = tch::nn::VarStore::new(tch::Device::cuda_if_available());
-    let model = OpenElm::new(&vs.root(), &config)?;
-    model.load_safetensors(&args.checkpoint.join(MODEL_FILE))?;
     // OpenELM expects BOS before the text, as the LLaMA tokenizer adds it.
     let mut prompt = vec![i64::from(tokenizer.bos_id())];
     prompt.extend(tokenizer.encode(&args.prompt)?.into_iter().map(i64::from));

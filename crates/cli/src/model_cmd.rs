@@ -59,20 +59,9 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    let config_path = args
-        .checkpoint
-        .join(corenet_train::checkpoint::contents::MODEL_CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: OpenElmConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", config_path.display()))?;
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = corenet_model::OpenElm::new(&vs.root(), &config)?;
-    model.load_safetensors(
-        &args
-            .checkpoint
-            .join(corenet_train::checkpoint::contents::MODEL_FILE),
-    )?;
+    // Verifies the checkpoint's manifest (or an HF folder's tensors) before exporting it.
+    let (_vs, model) = corenet_model::pretrained::open(&args.checkpoint, tch::Device::Cpu)
+        .with_context(|| format!("loading {}", args.checkpoint.display()))?;
     corenet_model::hf::export_hf(&model, &args.out, args.vocab_size)?;
     println!(
         "exported {} to {}",

@@ -51,6 +51,32 @@ pub enum Error {
     #[error("{path}: not a valid safetensors file: {message}")]
     SafeTensors { path: PathBuf, message: String },
 
+    #[error("{path}: tensor `{name}` has {count} non-finite values (NaN or infinity); refusing to load it")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        count: i64,
+    },
+
+    /// A checkpoint directory is incomplete or its manifest cannot be used.
+    #[error("checkpoint {dir}: {reason}")]
+    Checkpoint { dir: PathBuf, reason: String },
+
+    /// One file of a checkpoint does not match its manifest entry.
+    #[error("checkpoint {dir}: file `{file}` failed verification: {reason}")]
+    CheckpointFile {
+        dir: PathBuf,
+        file: String,
+        reason: String,
+    },
+
+    #[error("JSON {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -86,6 +86,15 @@ pub fn generate(
             "needs at least one token (e.g. BOS)",
         ));
     }
+    if !(config.temperature.is_finite() && config.temperature >= 0.0) {
+        return Err(Error::config(
+            "temperature",
+            format!(
+                "{} must be a finite number >= 0 (0 is greedy)",
+                config.temperature
+            ),
+        ));
+    }
     if !(config.top_p > 0.0 && config.top_p <= 1.0) {
         return Err(Error::config(
             "top_p",

@@ -94,6 +94,26 @@ pub fn read_hf_config(dir: &Path) -> Result<OpenElmConfig> {
             format!("{model_type} in {} is not openelm", path.display()),
         ));
     }
+    // Architecture keys have no sensible default: a missing one is named, rather than left to
+    // a default that then fails some other, derived check.
+    for key in [
+        "vocab_size",
+        "num_transformer_layers",
+        "model_dim",
+        "head_dim",
+        "qkv_multipliers",
+        "ffn_multipliers",
+    ] {
+        if value.get(key).is_none() {
+            return Err(Error::config(
+                key,
+                format!(
+                    "missing from {} (an OpenELM config.json has it)",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let mut fields = serde_json::Map::new();
     for key in [
         "vocab_size",

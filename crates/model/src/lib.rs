@@ -17,6 +17,7 @@ pub mod hf;
 pub mod init;
 pub mod kernel_choice;
 pub mod kv_cache;
+pub mod manifest;
 pub mod norm;
 pub mod openelm;
 pub mod preset;

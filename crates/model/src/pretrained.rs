@@ -2,6 +2,9 @@
 //! `model.safetensors`, or `model.safetensors.index.json` naming several shard files, as Apple's
 //! 3B has) or a corenet checkpoint directory (`model.safetensors` with `model_config.json`).
 //!
+//! Every load goes through [`verify_folder`] first (a corenet checkpoint's manifest is checked
+//! file by file), and every tensor read must be finite.
+//!
 //! [`load_pretrained`] copies such weights into a model built from a recipe: the architectures
 //! must agree (the error names the first field that differs), except for the vocabulary, whose
 //! embedding rows are resized as CoreNet's 32128-row training embedding relates to the 32000 rows
@@ -18,6 +21,7 @@ use tch::{nn, Device};
 use crate::config::OpenElmConfig;
 use crate::error::{Error, Result};
 use crate::hf::{read_hf_config, CONFIG_FILE, WEIGHTS_FILE};
+use crate::manifest::MANIFEST_FILE;
 use crate::openelm::OpenElm;
 use crate::weights::{copy_tensors, read_file};
 
@@ -80,6 +84,38 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
+/// Checks what can be checked of a folder before its weights are trusted: a corenet checkpoint
+/// (it has `model_config.json`) must carry a `manifest.json` whose sizes and SHA-256 digests
+/// match; an HF folder has no manifest, so its files are checked as they are read (safetensors
+/// header, shapes, finite values; see [`copy_tensors`]). Returns whether a manifest was verified.
+pub fn verify_folder(dir: &Path) -> Result<bool> {
+    if !dir.exists() {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: "does not exist".into(),
+        });
+    }
+    if !dir.is_dir() {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: "is not a directory (a checkpoint or HF folder is a directory)".into(),
+        });
+    }
+    if dir.join(MANIFEST_FILE).exists() {
+        crate::manifest::verify(dir)?;
+        return Ok(true);
+    }
+    if dir.join(MODEL_CONFIG_FILE).is_file() && !dir.join(CONFIG_FILE).is_file() {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "a corenet checkpoint ({MODEL_CONFIG_FILE}) without {MANIFEST_FILE}: incomplete or hand-made, its files cannot be verified"
+            ),
+        });
+    }
+    Ok(false)
+}
+
 /// Builds a model with the folder's own config on `device` and loads its weights exactly.
 pub fn open(dir: &Path, device: Device) -> Result<(nn::VarStore, OpenElm)> {
     let config = read_folder_config(dir)?;
@@ -92,6 +128,7 @@ pub fn open(dir: &Path, device: Device) -> Result<(nn::VarStore, OpenElm)> {
 /// Checks that the folder's architecture is `model`'s, then copies every tensor (converted to
 /// the parameter's dtype and device), resizing the vocabulary rows if the sizes differ.
 pub fn load_pretrained(model: &OpenElm, dir: &Path) -> Result<()> {
+    let verified = verify_folder(dir)?;
     let folder = read_folder_config(dir)?;
     check_architecture(&folder, model.config(), dir)?;
     let files = weight_files(dir)?;
@@ -107,7 +144,7 @@ pub fn load_pretrained(model: &OpenElm, dir: &Path) -> Result<()> {
             if to > from { "extra rows keep their initialisation" } else { "extra rows of the file dropped" }
         );
     }
-    tracing::info!(dir = %dir.display(), files = files.len(), "loaded pretrained weights");
+    tracing::info!(dir = %dir.display(), files = files.len(), manifest_verified = verified, "loaded pretrained weights");
     Ok(())
 }
 

@@ -229,6 +229,7 @@ pub(crate) fn copy_tensors(model: &OpenElm, files: &[PathBuf], resize_vocab: boo
                 });
             }
             let source = tensor_from_view(path, &name, &view)?;
+            check_finite(path, &name, &source)?;
             let source = fit_rows(path, &name, param, source, resize_vocab)?;
             copy_into(param, &source)?;
         }
@@ -239,6 +240,23 @@ pub(crate) fn copy_tensors(model: &OpenElm, files: &[PathBuf], resize_vocab: boo
         return Err(Error::MissingTensor {
             path: files.first().cloned().unwrap_or_default(),
             name: missing.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Weights with NaN or infinity can only come from a diverged run or a damaged file; training
+/// or evaluating from them would fail later and far from the cause.
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<()> {
+    if !t.is_floating_point() {
+        return Ok(());
+    }
+    let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    if bad > 0 {
+        return Err(Error::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            count: bad,
         });
     }
     Ok(())

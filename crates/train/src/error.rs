@@ -41,6 +41,11 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// Another process holds the run directory's lock (two trainers would interleave its
+    /// metrics and checkpoints).
+    #[error("run directory {dir} is in use by {holder}; wait for it to finish, stop it, or choose another run.dir")]
+    RunLocked { dir: PathBuf, holder: String },
+
     /// JSON could not be written or read.
     #[error("JSON {path}: {source}")]
     Json {
@@ -72,7 +77,7 @@ pub enum Error {
 
     /// The model rejected its config or a weights file.
     #[error(transparent)]
-    Model(#[from] corenet_model::Error),
+    Model(corenet_model::Error),
 
     /// The data pipeline failed (file, offset and key are in the message).
     #[error(transparent)]
@@ -148,6 +153,20 @@ impl From<corenet_ffi::Error> for Error {
             corenet_ffi::Error::Dist { op, message } => Error::Dist { op, message },
             corenet_ffi::Error::Rendezvous { var, message } => Error::Env { var, message },
             other => Error::Ffi(other),
+        }
+    }
+}
+
+impl From<corenet_model::Error> for Error {
+    /// Checkpoint verification lives in corenet-model (every loader checks the same way); its
+    /// checkpoint and JSON failures keep the trainer's variants so callers match one vocabulary.
+    fn from(e: corenet_model::Error) -> Self {
+        use corenet_model::Error as M;
+        match e {
+            M::Checkpoint { dir, reason } => Error::Checkpoint { dir, reason },
+            M::CheckpointFile { dir, file, reason } => Error::CheckpointFile { dir, file, reason },
+            M::Json { path, source } => Error::Json { path, source },
+            other => Error::Model(other),
         }
     }
 }

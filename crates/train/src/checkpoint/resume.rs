@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use corenet_data::StreamState;
 
 use crate::checkpoint::contents::TrainState;
-use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::store::{CheckpointStore, InvalidCheckpoint};
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 use crate::recipe::Recipe;
@@ -18,39 +18,89 @@ use crate::recipe::Recipe;
 /// Where a run starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Resume {
-    /// From scratch (a run directory with checkpoints is left alone but not used).
+    /// From scratch (`--resume none`). Refused while the run directory holds a checkpoint that
+    /// verifies; checkpoints that fail verification are moved to quarantine first.
     #[default]
     Fresh,
-    /// From the newest checkpoint that verifies, or from scratch if there is none.
+    /// From the newest checkpoint that verifies (newer ones that fail are moved to quarantine),
+    /// or from scratch when the run has no checkpoint at all. Refused when checkpoints exist
+    /// but none verifies: starting over would bury the evidence and the run's progress.
     Auto,
     /// From this checkpoint directory.
     Path(PathBuf),
+}
+
+/// Checks that can fail before anything is created: an explicit checkpoint must exist.
+pub(crate) fn check_resume_path(resume: &Resume) -> Result<()> {
+    if let Resume::Path(dir) = resume {
+        if !dir.is_dir() {
+            return Err(Error::Checkpoint {
+                dir: dir.clone(),
+                reason: match dir.exists() {
+                    true => {
+                        "--resume names a file; give a checkpoint directory (step-XXXXXXXX)".into()
+                    }
+                    false => "--resume names a directory that does not exist".into(),
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint directory to resume from, if any.
 fn resolve_resume(store: &CheckpointStore, resume: &Resume) -> Result<Option<PathBuf>> {
     match resume {
         Resume::Fresh => {
-            if let Some(existing) = store.list()?.last() {
+            let scan = store.scan()?;
+            if let Some(valid) = scan.valid {
                 return Err(Error::Checkpoint {
-                    dir: existing.dir.clone(),
+                    dir: valid.dir,
                     reason: "the run directory already has checkpoints: resume it (--resume auto) or choose a new run.dir".into(),
                 });
             }
+            for bad in &scan.invalid {
+                store.quarantine(bad)?;
+            }
             Ok(None)
         }
-        Resume::Auto => match store.latest_valid()? {
-            Some(checkpoint) => Ok(Some(checkpoint.dir)),
-            None => {
-                tracing::info!(dir = %store.root().display(), "no checkpoint to resume from; starting fresh");
-                Ok(None)
+        Resume::Auto => {
+            let scan = store.scan()?;
+            let Some(valid) = scan.valid else {
+                if scan.invalid.is_empty() {
+                    tracing::info!(dir = %store.root().display(), "no checkpoint to resume from; starting fresh");
+                    return Ok(None);
+                }
+                return Err(Error::Checkpoint {
+                    dir: store.root().to_path_buf(),
+                    reason: format!(
+                        "no checkpoint verifies, so the run cannot resume: {}. Nothing was changed; inspect or repair them, resume one explicitly (--resume DIR), or start over with --resume none (moves them to {}/)",
+                        describe_invalid(&scan.invalid),
+                        super::store::QUARANTINE_DIR,
+                    ),
+                });
+            };
+            for bad in &scan.invalid {
+                store.quarantine(bad)?;
             }
-        },
+            if !scan.invalid.is_empty() {
+                store.point_latest(valid.step)?;
+            }
+            Ok(Some(valid.dir))
+        }
         Resume::Path(dir) => {
             CheckpointStore::verify(dir)?;
             Ok(Some(dir.clone()))
         }
     }
+}
+
+fn describe_invalid(invalid: &[InvalidCheckpoint]) -> String {
+    invalid
+        .iter()
+        .map(|bad| format!("{} ({})", bad.dir.display(), bad.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Rank 0 picks the checkpoint (so that every rank resumes from the same one even while the
@@ -162,7 +212,7 @@ pub(crate) fn restore(
     let state = crate::checkpoint::contents::read_checkpoint(dir, model, optim)?;
     tracing::info!(step = state.step, dir = %dir.display(), "resumed");
     if state.recipe_hash != recipe_hash {
-        tracing::warn!(checkpoint = %state.recipe_hash, recipe = %recipe_hash, "resuming with a recipe that differs from the checkpoint's");
+        tracing::warn!(checkpoint = %state.recipe_hash, recipe = %recipe_hash, "resuming with a training recipe that differs from the checkpoint's; later checkpoints record the new one");
     }
     let data = rank_data_state(&state, dir, rank, world, recipe, restart_data)?;
     Ok(Restored { state, data })

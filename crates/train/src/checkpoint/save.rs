@@ -74,9 +74,9 @@ fn write(
     if !state.data_ranks.is_empty() {
         metadata.insert("world_size".into(), state.data_ranks.len().into());
     }
-    let saved = store.save(state.step, metadata, |dir| {
+    // The store logs the save once it is durable.
+    store.save(state.step, metadata, |dir| {
         write_checkpoint(dir, model, optimizer, state)
     })?;
-    tracing::info!(step = state.step, dir = %saved.dir.display(), "checkpoint saved");
     Ok(())
 }

@@ -20,45 +20,20 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::path::{Component, Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Name of the manifest inside every checkpoint directory; reserved (writers may not create it).
-pub const MANIFEST_FILE: &str = "manifest.json";
-
-/// Version of the manifest layout written by this code; newer ones are refused on read.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub use corenet_model::manifest::{FileDigest, Manifest, MANIFEST_FILE, MANIFEST_FORMAT_VERSION};
 
 const STEP_PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-step-";
 const OLD_PREFIX: &str = ".old-step-";
-
-/// Size and digest of one file of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileDigest {
-    pub size: u64,
-    /// Lower-case hex SHA-256 of the file's bytes.
-    pub sha256: String,
-}
-
-/// Contents of `manifest.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub format_version: u32,
-    pub step: u64,
-    /// Relative path (with `/` separators) → digest, for every file except the manifest.
-    pub files: BTreeMap<String, FileDigest>,
-    /// Free-form caller data (recipe hash, tokens seen, ...), stored verbatim.
-    #[serde(default)]
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-}
+/// Where checkpoints that fail verification are moved (never deleted).
+pub const QUARANTINE_DIR: &str = "quarantine";
+/// Name of the pointer to the newest checkpoint saved.
+pub const LATEST: &str = "latest";
 
 /// A checkpoint directory found under the root (not yet verified).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +48,22 @@ pub struct VerifiedCheckpoint {
     pub step: u64,
     pub dir: PathBuf,
     pub manifest: Manifest,
+}
+
+/// A checkpoint directory that failed verification, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidCheckpoint {
+    pub step: u64,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// What [`CheckpointStore::scan`] found: the newest valid checkpoint, and the invalid ones
+/// newer than it (newest first; all of them when none is valid).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    pub valid: Option<VerifiedCheckpoint>,
+    pub invalid: Vec<InvalidCheckpoint>,
 }
 
 /// Checkpoint directories under one root, keeping the newest `keep_last`.
@@ -181,6 +172,9 @@ impl CheckpointStore {
             guard.disarm();
         }
         sync_dir(&self.root)?;
+        if let Err(e) = self.point_latest(step) {
+            tracing::warn!(error = %e, "could not update the `latest` pointer");
+        }
         tracing::info!(step, dir = %dir.display(), files = manifest.files.len(), "checkpoint saved");
 
         self.prune(step);
@@ -194,41 +188,7 @@ impl CheckpointStore {
     /// Checks every file listed in `dir/manifest.json` (existence, size, then SHA-256) and
     /// returns the manifest. Errors name the failing file. Files not in the manifest are ignored.
     pub fn verify(dir: impl AsRef<Path>) -> Result<Manifest> {
-        let dir = dir.as_ref();
-        let manifest = read_manifest(dir)?;
-        let file_err = |file: &str, reason: String| Error::CheckpointFile {
-            dir: dir.to_path_buf(),
-            file: file.to_string(),
-            reason,
-        };
-        for (name, want) in &manifest.files {
-            let path = safe_join(dir, name).map_err(|reason| file_err(name, reason))?;
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(file_err(name, "missing".into()))
-                }
-                Err(e) => return Err(Error::io("stat", path, e)),
-            };
-            if !meta.is_file() {
-                return Err(file_err(name, "not a regular file".into()));
-            }
-            // Size first: a truncated file is the common failure and needs no hashing.
-            if meta.len() != want.size {
-                return Err(file_err(
-                    name,
-                    format!("size {} but manifest says {}", meta.len(), want.size),
-                ));
-            }
-            let got = sha256_file(&path)?;
-            if !got.eq_ignore_ascii_case(&want.sha256) {
-                return Err(file_err(
-                    name,
-                    format!("sha256 {got} but manifest says {}", want.sha256),
-                ));
-            }
-        }
-        Ok(manifest)
+        Ok(corenet_model::manifest::verify(dir.as_ref())?)
     }
 
     /// Complete-looking checkpoint directories (`step-N`), oldest first. Temporary and
@@ -255,32 +215,83 @@ impl CheckpointStore {
         Ok(entries)
     }
 
-    /// The newest checkpoint that verifies, walking newest → oldest. Checkpoints that fail
-    /// verification (corrupt, truncated, no manifest, step mismatch) are skipped with a warning;
-    /// leftover temporary directories are removed first. `Ok(None)` means there is none;
-    /// an error means the root itself could not be read (so "start from scratch" would be wrong).
-    pub fn latest_valid(&self) -> Result<Option<VerifiedCheckpoint>> {
+    /// The newest checkpoint that verifies, walking newest → oldest, and every newer one that
+    /// failed (with the reason); leftover temporary directories are removed first. Nothing is
+    /// moved or deleted: callers decide (see [`Self::quarantine`]). An error means the root
+    /// itself could not be read (so "start from scratch" would be wrong).
+    pub fn scan(&self) -> Result<Scan> {
         if let Err(e) = self.clean_tmp() {
             tracing::warn!(error = %e, "could not remove leftover temporary checkpoint directories");
         }
+        let mut invalid = Vec::new();
         for entry in self.list()?.into_iter().rev() {
-            match Self::verify(&entry.dir) {
+            let reason = match Self::verify(&entry.dir) {
                 Ok(manifest) if manifest.step == entry.step => {
-                    return Ok(Some(VerifiedCheckpoint {
+                    let valid = VerifiedCheckpoint {
                         step: entry.step,
                         dir: entry.dir,
                         manifest,
-                    }));
+                    };
+                    return Ok(Scan {
+                        valid: Some(valid),
+                        invalid,
+                    });
                 }
-                Ok(manifest) => tracing::warn!(
-                    dir = %entry.dir.display(),
-                    manifest_step = manifest.step,
-                    "skipping checkpoint: manifest step does not match directory name"
+                Ok(manifest) => format!(
+                    "manifest step {} does not match the directory name",
+                    manifest.step
                 ),
-                Err(e) => tracing::warn!(error = %e, "skipping checkpoint that fails verification"),
-            }
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(dir = %entry.dir.display(), %reason, "checkpoint fails verification");
+            invalid.push(InvalidCheckpoint {
+                step: entry.step,
+                dir: entry.dir,
+                reason,
+            });
         }
-        Ok(None)
+        Ok(Scan {
+            valid: None,
+            invalid,
+        })
+    }
+
+    /// The newest checkpoint that verifies ([`Self::scan`]), or `None`.
+    pub fn latest_valid(&self) -> Result<Option<VerifiedCheckpoint>> {
+        Ok(self.scan()?.valid)
+    }
+
+    /// Moves a checkpoint that failed verification to `root/quarantine/` (never deletes it: it
+    /// is the evidence of what went wrong), so it no longer counts as a checkpoint of the run.
+    /// Returns where it went.
+    pub fn quarantine(&self, bad: &InvalidCheckpoint) -> Result<PathBuf> {
+        let dir = self.root.join(QUARANTINE_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let name = format!("{STEP_PREFIX}{:08}", bad.step);
+        let mut target = dir.join(&name);
+        let mut n = 1;
+        while target.exists() {
+            target = dir.join(format!("{name}.{n}"));
+            n += 1;
+        }
+        rename(&bad.dir, &target)?;
+        sync_dir(&self.root)?;
+        tracing::warn!(from = %bad.dir.display(), to = %target.display(), reason = %bad.reason, "moved a checkpoint that fails verification into quarantine");
+        Ok(target)
+    }
+
+    /// Points `root/latest` at the checkpoint for `step` (a symlink on Unix, replaced
+    /// atomically; a one-line file naming the directory elsewhere).
+    pub fn point_latest(&self, step: u64) -> Result<()> {
+        let name = format!("{STEP_PREFIX}{step:08}");
+        let tmp = self.root.join(format!(".{LATEST}.tmp"));
+        remove_file_if_exists(&tmp)?;
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&name, &tmp).map_err(|e| Error::io("symlink", &tmp, e))?;
+        #[cfg(not(unix))]
+        std::fs::write(&tmp, format!("{name}\n")).map_err(|e| Error::io("write", &tmp, e))?;
+        rename(&tmp, &self.root.join(LATEST))?;
+        sync_dir(&self.root)
     }
 
     /// Removes `.tmp-step-*` and `.old-step-*` directories (debris of interrupted saves or
@@ -318,8 +329,17 @@ impl CheckpointStore {
                 "newer checkpoints than the one just saved exist (resumed from an older one?)"
             );
         }
-        let excess = entries.len().saturating_sub(self.keep_last);
-        for entry in entries.iter().filter(|e| e.step != protect).take(excess) {
+        // Only checkpoints whose manifest reads back for their step count toward keep_last: an
+        // incomplete or damaged directory must never push a good checkpoint out. It is left in
+        // place and reported. (Full verification would hash every kept checkpoint at every save.)
+        let (complete, incomplete): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| read_manifest(&e.dir).is_ok_and(|m| m.step == e.step));
+        for entry in &incomplete {
+            tracing::warn!(dir = %entry.dir.display(), "not counted toward keep_last and not pruned: no usable manifest");
+        }
+        let excess = complete.len().saturating_sub(self.keep_last);
+        for entry in complete.iter().filter(|e| e.step != protect).take(excess) {
             // Rename first so a crash mid-delete never leaves a half-deleted `step-*` directory.
             let old = self.root.join(format!("{OLD_PREFIX}{:08}", entry.step));
             let result = remove_dir_if_exists(&old)
@@ -392,40 +412,24 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn remove_file_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    Ok(corenet_model::manifest::read_manifest(dir)?)
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = File::create(path).map_err(|e| Error::io("create", path, e))?;
     f.write_all(bytes)
         .map_err(|e| Error::io("write", path, e))?;
     f.sync_all().map_err(|e| Error::io("fsync", path, e))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    Ok(sha256_reader(&mut f, path)?.0)
-}
-
-/// Streams a file through SHA-256; returns (hex digest, bytes read).
-fn sha256_reader(f: &mut File, path: &Path) -> Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read", path, e)),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((hex, total))
 }
 
 /// Walks the freshly written tree: fsyncs every file and sub-directory, and digests every file.
@@ -469,8 +473,7 @@ fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
                     .open(&path)
                     .map_err(|e| Error::io("open", &path, e))?;
                 f.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
-                let (sha256, size) = sha256_reader(&mut f, &path)?;
-                files.insert(rel, FileDigest { size, sha256 });
+                files.insert(rel, corenet_model::manifest::digest_reader(&mut f, &path)?);
             } else {
                 return Err(Error::Checkpoint {
                     dir: root.to_path_buf(),
@@ -485,50 +488,11 @@ fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
     Ok(files)
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::Checkpoint {
-                dir: dir.to_path_buf(),
-                reason: format!("no {MANIFEST_FILE} (incomplete checkpoint)"),
-            })
-        }
-        Err(e) => return Err(Error::io("read", path, e)),
-    };
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })?;
-    if manifest.format_version > MANIFEST_FORMAT_VERSION {
-        return Err(Error::Checkpoint {
-            dir: dir.to_path_buf(),
-            reason: format!(
-                "manifest format version {} is newer than this build supports ({MANIFEST_FORMAT_VERSION})",
-                manifest.format_version
-            ),
-        });
-    }
-    Ok(manifest)
-}
-
-/// Joins a manifest's relative path onto `dir`, refusing anything that could escape it
-/// (the manifest is data read from disk, not trusted).
-fn safe_join(dir: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
-    let rel_path = Path::new(rel);
-    if rel.is_empty()
-        || !rel_path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-    {
-        return Err("path in manifest is not a plain relative path".into());
-    }
-    Ok(dir.join(rel_path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use sha2::{Digest, Sha256};
 
     fn meta(recipe_hash: &str) -> serde_json::Map<String, serde_json::Value> {
         let mut m = serde_json::Map::new();
@@ -598,7 +562,12 @@ mod tests {
         assert_eq!(steps(&store), vec![300, 400]);
         assert_eq!(
             dir_names(store.root()),
-            vec!["step-00000300", "step-00000400"]
+            vec!["latest", "step-00000300", "step-00000400"]
+        );
+        #[cfg(unix)]
+        assert_eq!(
+            std::fs::read_link(store.root().join(LATEST)).expect("symlink"),
+            PathBuf::from("step-00000400")
         );
 
         let m = CheckpointStore::verify(store.dir_for(400)).expect("verify");
@@ -820,7 +789,7 @@ mod tests {
         store
             .save(7, meta("second"), write_fake(8))
             .expect("save again");
-        assert_eq!(dir_names(store.root()), vec!["step-00000007"]);
+        assert_eq!(dir_names(store.root()), vec!["latest", "step-00000007"]);
         let m = CheckpointStore::verify(store.dir_for(7)).expect("verify");
         assert_eq!(m.metadata["recipe_hash"], "second");
         assert_eq!(m.files["model.safetensors"].size, 4096 + 8);

@@ -176,8 +176,19 @@ impl Recipe {
     }
 
     /// sha256 of the resolved recipe's canonical JSON; stored in every checkpoint.
+    ///
+    /// Only what shapes the training arithmetic is hashed: `run` (name, directory),
+    /// `checkpoint` (interval, retention, directory) and `logging` are left out, so a run copied
+    /// to another directory, or resumed with a different log interval, is the same recipe.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_string(self).unwrap_or_default();
+        let mut tree = serde_json::to_value(self).unwrap_or_default();
+        if let Some(sections) = tree.as_object_mut() {
+            for section in ["run", "checkpoint", "logging"] {
+                sections.remove(section);
+            }
+        }
+        // serde_json's maps are sorted by key: the text is canonical.
+        let json = tree.to_string();
         let digest = Sha256::digest(json.as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }

@@ -27,7 +27,8 @@ use corenet_ffi::Readback;
 use corenet_model::OpenElm;
 
 use crate::checkpoint::contents::TrainState;
-use crate::checkpoint::resume::{choose_checkpoint, restore, Resume};
+use crate::checkpoint::resume::{check_resume_path, choose_checkpoint, restore, Resume};
+use crate::checkpoint::run_lock::RunLock;
 use crate::checkpoint::save::save_checkpoint;
 use crate::checkpoint::store::CheckpointStore;
 use crate::dist::launcher_env::{rank_device, trainer_env};
@@ -143,6 +144,8 @@ pub struct Trainer {
     dp: Option<DataParallel>,
     stop: StopRequest,
     log: RunLog,
+    /// Held for the trainer's life (rank 0): one writer per run directory.
+    _locks: Vec<RunLock>,
 }
 
 impl Trainer {
@@ -177,6 +180,12 @@ impl Trainer {
             dp.check_recipe_hash(&recipe_hash)?;
         }
         let (checkpoint_dir, keep) = (recipe.checkpoint_dir(), recipe.checkpoint.keep_last);
+        check_resume_path(&options.resume)?;
+        // Rank 0 writes the run's files; it takes their directories' locks before touching them.
+        let locks = match rank == 0 && !options.dry_run {
+            true => lock_run_dirs(&recipe)?,
+            false => Vec::new(),
+        };
         let (store, resume_dir) = match options.dry_run {
             true => (CheckpointStore::unopened(checkpoint_dir, keep), None),
             false => {
@@ -227,8 +236,14 @@ impl Trainer {
         };
         let data = DataStream::open(&recipe.data, rank, world, data_resume)?;
         let mut state = restored.unwrap_or_else(|| {
-            TrainState::fresh(data.state().clone(), recipe_hash, recipe.trainer.seed)
+            TrainState::fresh(
+                data.state().clone(),
+                recipe_hash.clone(),
+                recipe.trainer.seed,
+            )
         });
+        // A change accepted on resume is recorded once: later checkpoints carry the new hash.
+        state.recipe_hash = recipe_hash;
         // In memory, `data` is this rank's own position; a save gathers every rank's.
         state.data = data.state().clone();
         state.data_ranks.clear();
@@ -282,6 +297,7 @@ impl Trainer {
             dp,
             stop: StopRequest::default(),
             log,
+            _locks: locks,
         })
     }
 
@@ -482,6 +498,17 @@ impl Trainer {
         self.last_saved = Some(self.state.step);
         Ok(())
     }
+}
+
+/// Locks the log directory (the run directory unless `logging.dir` moves it) and the checkpoint
+/// directory when it lies outside it: every directory rank 0 writes.
+fn lock_run_dirs(recipe: &Recipe) -> Result<Vec<RunLock>> {
+    let (log_dir, checkpoint_dir) = (recipe.log_dir(), recipe.checkpoint_dir());
+    let mut locks = vec![RunLock::acquire(&log_dir)?];
+    if !checkpoint_dir.starts_with(&log_dir) {
+        locks.push(RunLock::acquire(&checkpoint_dir)?);
+    }
+    Ok(locks)
 }
 
 /// libtorch's default generator is process-wide: seeding and drawing the initial weights must

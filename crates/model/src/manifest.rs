@@ -1,0 +1,160 @@
+//! A corenet checkpoint's `manifest.json`: the size and SHA-256 of every file, read back and
+//! checked before any of them is trusted. Writing manifests (with fsyncs and atomic renames) is
+//! the trainer's checkpoint store; reading and verifying them lives here so that every loader of
+//! weights — resume, `--init-from`, `generate`, `eval`, export, averaging — checks the same way.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Name of the manifest inside every checkpoint directory; reserved (writers may not create it).
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Version of the manifest layout written by this code; newer ones are refused on read.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// Size and digest of one file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// Contents of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub step: u64,
+    /// Relative path (with `/` separators) → digest, for every file except the manifest.
+    pub files: BTreeMap<String, FileDigest>,
+    /// Free-form caller data (recipe hash, tokens seen, ...), stored verbatim.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads `dir/manifest.json`, refusing a missing one (an incomplete checkpoint) and one written
+/// by a newer format.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::Checkpoint {
+                dir: dir.to_path_buf(),
+                reason: format!("no {MANIFEST_FILE} (incomplete checkpoint)"),
+            })
+        }
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })?;
+    if manifest.format_version > MANIFEST_FORMAT_VERSION {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "manifest format version {} is newer than this build supports ({MANIFEST_FORMAT_VERSION})",
+                manifest.format_version
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Checks every file listed in `dir/manifest.json` (existence, size, then SHA-256) and returns
+/// the manifest. Errors name the failing file. Files not in the manifest are ignored.
+pub fn verify(dir: &Path) -> Result<Manifest> {
+    let manifest = read_manifest(dir)?;
+    let file_err = |file: &str, reason: String| Error::CheckpointFile {
+        dir: dir.to_path_buf(),
+        file: file.to_string(),
+        reason,
+    };
+    for (name, want) in &manifest.files {
+        let path = safe_join(dir, name).map_err(|reason| file_err(name, reason))?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(file_err(name, "missing".into()))
+            }
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        if !meta.is_file() {
+            return Err(file_err(name, "not a regular file".into()));
+        }
+        // Size first: a truncated file is the common failure and needs no hashing.
+        if meta.len() != want.size {
+            return Err(file_err(
+                name,
+                format!("size {} but manifest says {}", meta.len(), want.size),
+            ));
+        }
+        let got = file_digest(&path)?.sha256;
+        if !got.eq_ignore_ascii_case(&want.sha256) {
+            return Err(file_err(
+                name,
+                format!("sha256 {got} but manifest says {}", want.sha256),
+            ));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Size and SHA-256 of the file at `path`.
+pub fn file_digest(path: &Path) -> Result<FileDigest> {
+    let mut f = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    digest_reader(&mut f, path)
+}
+
+/// Streams `f` (opened from `path`, named in errors) through SHA-256.
+pub fn digest_reader(f: &mut impl Read, path: &Path) -> Result<FileDigest> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(FileDigest { size, sha256 })
+}
+
+/// Joins a manifest's relative path onto `dir`, refusing anything that could escape it (the
+/// manifest is data read from disk, not trusted).
+fn safe_join(dir: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+    let rel_path = Path::new(rel);
+    if rel.is_empty()
+        || !rel_path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err("path in manifest is not a plain relative path".into());
+    }
+    Ok(dir.join(rel_path))
+}
