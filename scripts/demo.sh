@@ -10,7 +10,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-LOG_TAG=demo
+LOG_TAG="demo"
 bash scripts/setup.sh
 read -ra FEATURES <<<"$(cargo_gpu_features)"
 read -ra DEVICE <<<"$(main_job_device_args)"

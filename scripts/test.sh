@@ -7,7 +7,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-LOG_TAG=test
+LOG_TAG="test"
 # --reference: the oracle checks (PyTorch, TensorBoard, sentencepiece) run live, not only
 # against the committed fixtures. Without an NVIDIA driver .venv-ref takes the CPU-only wheel.
 bash scripts/setup.sh --reference
