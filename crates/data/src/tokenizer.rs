@@ -121,7 +121,7 @@ pub fn load_tokenizer(path: &Path) -> Result<Arc<dyn TextTokenizer>> {
             }
         }
         return Err(unknown(
-            "directory has neither tokenizer.model nor tokenizer.json",
+            "is a directory without a tokenizer.model or tokenizer.json in it; give the tokenizer file",
         ));
     }
     let sentencepiece = match path.extension().and_then(|e| e.to_str()) {

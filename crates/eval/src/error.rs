@@ -26,6 +26,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A task file holds no items (blank lines only, or nothing).
+    #[error("{path}: the task file has no items to score")]
+    EmptyTask { path: PathBuf },
+
     /// A field of an evaluation task item is missing or malformed (`line` counts from 1).
     #[error("{path} line {line}: field `{field}`: {message}")]
     EvalField {

@@ -96,6 +96,12 @@ pub fn load_docs(task: Task, path: &Path) -> Result<Vec<Doc>> {
         };
         docs.push(item.doc(task)?);
     }
+    if docs.is_empty() {
+        // An accuracy over no items is not a score; it would print as 0.00 ± 0.00.
+        return Err(Error::EmptyTask {
+            path: path.to_path_buf(),
+        });
+    }
     Ok(docs)
 }
 

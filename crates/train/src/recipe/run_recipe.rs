@@ -17,6 +17,10 @@ use crate::recipe::overrides::{
 };
 use crate::recipe::sections::{CheckpointConfig, LoggingConfig, RunConfig, TrainerConfig};
 
+/// Most intra-op threads a recipe may ask for: far above any machine's cores, low enough that a
+/// typo (100000) fails at once instead of hanging while libtorch creates the threads.
+pub const MAX_THREADS: usize = 1024;
+
 /// A resolved, validated run description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,10 +70,36 @@ impl Recipe {
         self.optimizer.validate()?;
         self.schedule.validate()?;
         let t = &self.trainer;
-        if t.micro_batch == 0 || t.global_batch == 0 || t.steps == 0 {
+        for (key, value) in [
+            ("trainer.global_batch", t.global_batch as u64),
+            ("trainer.micro_batch", t.micro_batch as u64),
+            ("trainer.steps", t.steps),
+        ] {
+            if value == 0 {
+                return Err(Error::config(key, "must be positive"));
+            }
+        }
+        if t.max_bad_steps == 0 {
             return Err(Error::config(
-                "trainer",
-                "global_batch, micro_batch and steps must be positive",
+                "trainer.max_bad_steps",
+                "must be at least 1: the number of consecutive non-finite steps (skipped, weights unchanged) after which the run stops",
+            ));
+        }
+        if let Some(threads) = t.threads {
+            if !(1..=MAX_THREADS).contains(&threads) {
+                return Err(Error::config(
+                    "trainer.threads",
+                    format!("{threads} is outside 1..={MAX_THREADS} (leave it unset for libtorch's default)"),
+                ));
+            }
+        }
+        if self.data.seq_len > self.model.max_context_length {
+            return Err(Error::config(
+                "data.seq_len",
+                format!(
+                    "{} is longer than model.max_context_length {}",
+                    self.data.seq_len, self.model.max_context_length
+                ),
             ));
         }
         if t.z_loss.is_nan() || t.z_loss < 0.0 {
@@ -101,10 +131,21 @@ impl Recipe {
 
     /// Checks that the tokenizer and every source's shards exist.
     pub fn validate_files(&self) -> Result<()> {
-        if !self.data.tokenizer.is_file() {
+        let tokenizer = &self.data.tokenizer;
+        if !tokenizer.exists() {
             return Err(Error::config(
                 "data.tokenizer",
-                format!("{} does not exist", self.data.tokenizer.display()),
+                format!("{} does not exist", tokenizer.display()),
+            ));
+        }
+        let in_dir = ["tokenizer.json", "tokenizer.model"].map(|f| tokenizer.join(f));
+        if tokenizer.is_dir() && !in_dir.iter().any(|f| f.is_file()) {
+            return Err(Error::config(
+                "data.tokenizer",
+                format!(
+                    "{} is a directory without a tokenizer.json or tokenizer.model in it",
+                    tokenizer.display()
+                ),
             ));
         }
         for (i, source) in self.data.sources.iter().enumerate() {
@@ -227,6 +268,20 @@ fn fill_derived_keys(tree: &mut Value) -> Result<()> {
                 "set trainer.micro_batch instead",
             ));
         }
+    }
+    // The derived key must not take the blame for its source: a malformed `trainer` or
+    // `trainer.steps` is reported as itself, before `schedule.max_iterations` is derived.
+    if let Some(trainer) = tree.get("trainer").filter(|t| !t.is_object()) {
+        return Err(Error::Deserialize {
+            path: "trainer".into(),
+            message: format!("expected a mapping of trainer keys, found {trainer}"),
+        });
+    }
+    if let Some(bad) = steps.as_ref().filter(|v| !v.is_u64()) {
+        return Err(Error::Deserialize {
+            path: "trainer.steps".into(),
+            message: format!("expected a whole number of optimizer steps, found {bad}"),
+        });
     }
     if let (Some(schedule), Some(steps)) = (
         tree.get_mut("schedule").and_then(Value::as_object_mut),
