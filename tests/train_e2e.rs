@@ -118,31 +118,38 @@ fn tiny_recipe_loss_falls() {
         .is_file());
 }
 
+/// A signal makes the run checkpoint and stop with 128 + the signal, so a requeue script
+/// tells "preempted" from "finished" (exit 0, tested above).
 #[test]
-fn sigterm_checkpoints_and_stops() {
+fn sigterm_and_sigint_checkpoint_and_stop_with_128_plus_the_signal() {
     let dir = tempfile::tempdir().expect("tempdir");
     build_sample_data(dir.path(), 500);
-    let mut child = train_command(
-        dir.path(),
-        "runs/term",
-        &["trainer.steps=100000", "checkpoint.interval=0"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn");
-    wait_for_step(&mut child, &dir.path().join("runs/term/metrics.jsonl"), 3);
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "exit {:?}", out.status);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted, checkpoint saved"));
-    let last = metrics(&dir.path().join("runs/term/metrics.jsonl"))
-        .last()
-        .and_then(|m| m["step"].as_u64())
-        .expect("step");
-    assert!(newest_model(&dir.path().join("runs/term"))
-        .ends_with(format!("step-{last:08}/model.safetensors")));
+    for (signal, code, run) in [
+        (libc::SIGTERM, 143, "runs/term"),
+        (libc::SIGINT, 130, "runs/int"),
+    ] {
+        let mut child = train_command(
+            dir.path(),
+            run,
+            &["trainer.steps=100000", "checkpoint.interval=0"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+        let run_dir = dir.path().join(run);
+        wait_for_step(&mut child, &run_dir.join("metrics.jsonl"), 3);
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(code), "signal {signal}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted, checkpoint saved"));
+        let last = metrics(&run_dir.join("metrics.jsonl"))
+            .last()
+            .and_then(|m| m["step"].as_u64())
+            .expect("step");
+        assert!(newest_model(&run_dir).ends_with(format!("step-{last:08}/model.safetensors")));
+    }
 }
 
 #[test]

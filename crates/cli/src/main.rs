@@ -79,20 +79,21 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let success = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match Cli::parse().command {
-        Command::Generate(args) => generate_cmd::run(args),
-        Command::Bench(args) => bench_cmd::run(args),
-        Command::Eval { command } => eval_cmd::run(command),
+        Command::Generate(args) => success(generate_cmd::run(args)),
+        Command::Bench(args) => success(bench_cmd::run(args)),
+        Command::Eval { command } => success(eval_cmd::run(command)),
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
-        Command::Plan(args) => plan_cmd::run(args),
-        Command::Checkpoint { command } => checkpoint_cmd::run(command),
-        Command::Model { command } => model_cmd::run(command),
-        Command::Data { command } => data_cmd::run(command),
-        Command::Tokenizer { command } => tokenizer_cmd::run(command),
+        Command::Plan(args) => success(plan_cmd::run(args)),
+        Command::Checkpoint { command } => success(checkpoint_cmd::run(command)),
+        Command::Model { command } => success(model_cmd::run(command)),
+        Command::Data { command } => success(data_cmd::run(command)),
+        Command::Tokenizer { command } => success(tokenizer_cmd::run(command)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // `{:#}` prints the whole context chain on one line, without a backtrace dump.
             eprintln!("error: {err:#}");

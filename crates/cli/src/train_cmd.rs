@@ -4,7 +4,8 @@
 //! `--dry-run` checks everything and takes one optimizer step without writing anything.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,17 +60,40 @@ fn parse_resume(value: &str) -> Resume {
     }
 }
 
-/// SIGINT/SIGTERM ask the trainer to checkpoint and stop; a second signal kills the process.
-fn install_signal_handlers(stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Exit status of a run stopped by a signal after its checkpoint: 128 + the signal, as shells
+/// report a process killed by it, so a requeue script can tell "preempted" (130 SIGINT, 143
+/// SIGTERM) from "budget spent" (0). A rank stopped by another rank's signal reports SIGTERM's.
+pub fn interrupted_exit_code(signal: usize) -> u8 {
+    let signal = if signal == 0 {
+        signal_hook::consts::SIGTERM as usize
+    } else {
+        signal
+    };
+    128u8.saturating_add(u8::try_from(signal).unwrap_or(127))
+}
+
+/// SIGINT/SIGTERM ask the trainer to checkpoint and stop (and `received` records which); a
+/// second signal kills the process. Installed before any slow start-up work, so a preemption
+/// during the rendezvous or the checkpoint load is honoured too.
+fn install_signal_handlers(
+    stop: &Arc<AtomicBool>,
+    received: &Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(stop))?;
+        signal_hook::flag::register_usize(signal, Arc::clone(received), signal as usize)?;
         signal_hook::flag::register(signal, Arc::clone(stop))?;
     }
     Ok(())
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let (stop, received) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    install_signal_handlers(&stop, &received)?;
     let env = DistEnv::from_env().context("reading the launcher environment")?;
     let launcher_world = env.as_ref().map(|e| e.world_size);
     let recipe = args.input.load(args.world_size.or(launcher_world))?;
@@ -92,7 +116,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             report.world_size
         );
         println!("dry run ok: one optimizer step, loss {:.4}", report.loss);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     if args.dist_timeout == 0 {
         anyhow::bail!("--dist-timeout must be at least 1 second");
@@ -114,13 +138,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         dist_timeout: Some(Duration::from_secs(args.dist_timeout)),
         restart_data: args.restart_data,
         init_from: args.init_from,
+        stop_flag: Some(stop),
         ..TrainOptions::default()
     };
     let mut trainer = Trainer::new(recipe, options).map_err(which)?;
-    install_signal_handlers(&trainer.stop_flag())?;
     let summary = trainer.train().map_err(which)?;
+    let code = match summary.interrupted {
+        true => ExitCode::from(interrupted_exit_code(received.load(Ordering::SeqCst))),
+        false => ExitCode::SUCCESS,
+    };
     if rank != 0 {
-        return Ok(());
+        return Ok(code);
     }
     let fmt = |l: Option<f64>| l.map_or("-".into(), |v| format!("{v:.4}"));
     println!(
@@ -136,5 +164,5 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    Ok(())
+    Ok(code)
 }

@@ -183,10 +183,24 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| Error::SafeTensors {
+    // safetensors writes a private (0600) temporary file and renames it into place. Weights are
+    // shared with teammates like every other file of a run, so they get the mode a plain create
+    // under this process's umask gives: taken from creating the file first, restored after.
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        source,
+    };
+    let permissions = std::fs::File::create(path)
+        .and_then(|f| f.metadata())
+        .map_err(io)?
+        .permissions();
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| {
+        Error::SafeTensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    std::fs::set_permissions(path, permissions).map_err(io)
 }
 
 /// Reads every tensor of a safetensors file (CPU copies, in file order).

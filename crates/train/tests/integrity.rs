@@ -261,3 +261,33 @@ fn non_finite_weights_are_an_error_at_init_from() {
     };
     assert!(err.contains("non-finite") && err.contains(&name), "{err}");
 }
+
+/// Weights are as readable as the JSON next to them: every file of a checkpoint has the mode a
+/// plain create under this process's umask gives.
+#[cfg(unix)]
+#[test]
+fn checkpoint_files_honour_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(tmp.path());
+    let r = recipe(&base, tmp.path(), "modes", &[]);
+    train(&r, Resume::Fresh, Some(4));
+    let probe = tmp.path().join("probe");
+    std::fs::write(&probe, b"x").expect("probe");
+    let want = std::fs::metadata(&probe)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    let dir = r.checkpoint_dir().join("step-00000004");
+    for entry in std::fs::read_dir(&dir).expect("list") {
+        let entry = entry.expect("entry");
+        let mode = entry.metadata().expect("stat").permissions().mode() & 0o777;
+        assert_eq!(
+            mode,
+            want,
+            "{} has mode {mode:o}, a plain file {want:o}",
+            entry.file_name().to_string_lossy()
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! corruption detected, and TensorBoard's own `EventFileLoader` reading our file (the live
 //! check needs the reference venv; `CORENET_REQUIRE_REFERENCE` makes its absence a failure).
 
+mod common;
 mod tensorboard_reader;
 
 use std::path::{Path, PathBuf};
@@ -248,5 +249,106 @@ print(json.dumps(out))
         "tensorboard's EventFileLoader ({}) read {} scalars",
         python.display(),
         theirs.len()
+    );
+}
+
+fn train_in(
+    base: &serde_json::Value,
+    run_dir: &Path,
+    resume: corenet_train::Resume,
+    stop_at: Option<u64>,
+) {
+    let mut tree = base.clone();
+    let set = format!("run.dir={}", run_dir.display());
+    corenet_train::recipe::overrides::Override::parse(&set)
+        .expect("override")
+        .apply(&mut tree)
+        .expect("apply");
+    let recipe = corenet_train::Recipe::from_value(tree).expect("recipe");
+    let options = corenet_train::TrainOptions {
+        resume,
+        stop_at,
+        world_size: 1,
+        ..Default::default()
+    };
+    let mut trainer = corenet_train::Trainer::new(recipe, options).expect("trainer");
+    trainer.train().expect("train");
+}
+
+fn event_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// As after kill -9 between checkpoints: the run logged steps 1..=8, its checkpoint at 8 is
+/// gone, and it resumes from 4. TensorBoard's own accumulator must then show each step once,
+/// with the resumed session's values (those of `metrics.jsonl`); resuming the finished run
+/// again adds no event file.
+#[test]
+fn after_a_crash_and_resume_tensorboard_sees_each_step_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let run = dir.path().join("crashed");
+    train_in(&base, &run, corenet_train::Resume::Fresh, Some(8));
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000008")).expect("remove");
+    train_in(&base, &run, corenet_train::Resume::Auto, None);
+    let tb = run.join("tb");
+    let files = event_files(&tb);
+    assert_eq!(files.len(), 2, "{files:?}");
+    // The resumed session's file starts with a SessionLog START at its first step.
+    let records = read_records(&files[1]).expect("records");
+    let start = EventProto::decode(records[1].as_slice()).expect("decode");
+    assert_eq!(
+        (start.step, start.session_log.map(|s| s.status)),
+        (5, Some(corenet_train::log::tensorboard::SESSION_START))
+    );
+    train_in(&base, &run, corenet_train::Resume::Auto, None);
+    assert_eq!(
+        event_files(&tb).len(),
+        2,
+        "a finished run's resume logs nothing"
+    );
+
+    let metrics =
+        corenet_train::log::metrics::read_metrics(run.join("metrics.jsonl")).expect("metrics");
+    let want: Vec<(u64, f32)> = metrics.iter().map(|m| (m.step, m.loss as f32)).collect();
+    assert_eq!(want.len(), 12);
+
+    let Some(python) = python_with_tensorboard() else {
+        assert!(
+            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+            "no python with the tensorboard package, and CORENET_REQUIRE_REFERENCE is set"
+        );
+        eprintln!("SKIP: no python with the tensorboard package; EventAccumulator check not run");
+        return;
+    };
+    // EventAccumulator is what TensorBoard's scalar dashboard reads through; it purges the
+    // orphaned values when it meets the START marker.
+    let script = r#"
+import sys, json
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps([[e.step, e.value] for e in acc.Scalars("loss/total_loss")]))
+"#;
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&tb)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Vec<(u64, f32)> = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        got, want,
+        "TensorBoard's view equals metrics.jsonl, each step once"
     );
 }

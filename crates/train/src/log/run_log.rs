@@ -8,7 +8,7 @@
 //! MFU divides that by the world size before comparing it with one device's peak, so a
 //! data-parallel run reports the same MFU as one device doing the same per-device work.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,10 +65,33 @@ pub struct RunLogSetup<'a> {
     pub flops_per_token: f64,
 }
 
+/// The TensorBoard sink: its event file is created at the first value written, so resuming a
+/// finished run (nothing to log) leaves no empty file behind.
+struct TensorBoard {
+    dir: PathBuf,
+    writer: Option<EventWriter>,
+}
+
+impl TensorBoard {
+    /// The writer, created now if needed; a new file starts with a session START at `step`,
+    /// the first step it logs.
+    fn writer(&mut self, step: u64) -> Result<&mut EventWriter> {
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => {
+                let mut writer = EventWriter::create(&self.dir)?;
+                writer.start_session(step as i64)?;
+                writer
+            }
+        };
+        Ok(self.writer.insert(writer))
+    }
+}
+
 /// The sinks and counters of one run.
 pub struct RunLog {
     metrics: Option<MetricsSink>,
-    tensorboard: Option<EventWriter>,
+    tensorboard: Option<TensorBoard>,
     progress: Option<ProgressBar>,
     show_progress: bool,
     interval: u64,
@@ -99,7 +122,10 @@ impl RunLog {
                 .map_err(|e| Error::io("write", &recipe, e))?;
             let metrics = MetricsSink::resume(dir.join("metrics.jsonl"), setup.start_step)?;
             let tensorboard = match setup.logging.tensorboard {
-                true => Some(EventWriter::create(dir.join("tb"))?),
+                true => Some(TensorBoard {
+                    dir: dir.join("tb"),
+                    writer: None,
+                }),
                 false => None,
             };
             (Some(metrics), tensorboard)
@@ -208,6 +234,7 @@ impl RunLog {
                 ("grad_norm", report.grad_norm as f32),
                 ("tokens_per_s", tokens_per_s as f32),
             ];
+            let tb = tb.writer(report.step)?;
             tb.add_scalars(report.step as i64, &scalars)?;
             tb.flush()?;
         }

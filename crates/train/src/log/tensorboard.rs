@@ -9,7 +9,9 @@
 //! - Each record is a serialized `tensorflow.Event` protobuf. The first one carries
 //!   `file_version = "brain.Event:2"`; the others carry `wall_time` (double, field 1),
 //!   `step` (int64, field 2) and `summary` (field 5), whose repeated `value` (field 1) each have
-//!   `tag` (string, field 1) and `simple_value` (float, field 2).
+//!   `tag` (string, field 1) and `simple_value` (float, field 2). A session's first event
+//!   carries `session_log` (field 7) with `status = START`, which tells TensorBoard to drop what
+//!   an earlier, crashed session logged from that step on.
 //!
 //! The writer buffers; call [`EventWriter::flush`] at every log step so TensorBoard (which tails
 //! the file) sees the values. Dropping the writer flushes too. TensorBoard's own
@@ -124,8 +126,23 @@ impl EventWriter {
         let event = Event {
             wall_time: wall_time_now(),
             step,
-            file_version: None,
             summary: Some(Summary { value }),
+            ..Event::default()
+        };
+        self.write_record(&event.encode_to_vec())
+    }
+
+    /// Marks a (re)start whose first logged step is `step`. TensorBoard then drops every value
+    /// an earlier session logged at `step` or later: after a crash and resume from an older
+    /// checkpoint, the steps replayed are shown once, with this session's values.
+    pub fn start_session(&mut self, step: i64) -> Result<()> {
+        let event = Event {
+            wall_time: wall_time_now(),
+            step,
+            session_log: Some(SessionLog {
+                status: SESSION_START,
+            }),
+            ..Event::default()
         };
         self.write_record(&event.encode_to_vec())
     }
@@ -173,8 +190,8 @@ fn wall_time_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `tensorflow.Event`, the fields a scalar log needs (`what` is a oneof of `file_version` and
-/// `summary`; at most one is set).
+/// `tensorflow.Event`, the fields a scalar log needs (`what` is a oneof of `file_version`,
+/// `summary` and `session_log`; at most one is set).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Event {
     #[prost(double, tag = "1")]
@@ -185,7 +202,20 @@ pub struct Event {
     pub file_version: Option<String>,
     #[prost(message, optional, tag = "5")]
     pub summary: Option<Summary>,
+    #[prost(message, optional, tag = "7")]
+    pub session_log: Option<SessionLog>,
 }
+
+/// `tensorflow.SessionLog`: only `status` is written.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionLog {
+    /// `SessionLog.SessionStatus`; [`SESSION_START`] marks a (re)start.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `SessionLog.SessionStatus.START`.
+pub const SESSION_START: i32 = 1;
 
 /// `tensorflow.Summary`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -230,13 +260,13 @@ mod tests {
         let event = Event {
             wall_time: 1.5,
             step: 300,
-            file_version: None,
             summary: Some(Summary {
                 value: vec![SummaryValue {
                     tag: "x".into(),
                     simple_value: Some(2.0),
                 }],
             }),
+            ..Event::default()
         };
         let mut want = vec![0x09];
         want.extend_from_slice(&1.5f64.to_le_bytes());

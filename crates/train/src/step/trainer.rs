@@ -69,6 +69,9 @@ pub struct TrainOptions {
     /// safetensors) or a corenet checkpoint directory, whose architecture must be the recipe's
     /// (the vocabulary may differ: rows are resized). Ignored when the run resumes.
     pub init_from: Option<PathBuf>,
+    /// A stop flag installed by the caller before the trainer exists (signal handlers set it
+    /// during start-up, which can take minutes); the trainer makes its own when unset.
+    pub stop_flag: Option<Arc<AtomicBool>>,
     /// `corenet train --dry-run`: one micro-batch per step instead of the accumulation loop,
     /// no resume, and nothing written into the run directory (no recipe.yaml, metrics,
     /// TensorBoard or checkpoint directory). Driven by [`crate::recipe::dry_run`].
@@ -277,6 +280,10 @@ impl Trainer {
             ?device,
             "trainer ready"
         );
+        let stop = StopRequest {
+            flag: options.stop_flag.clone().unwrap_or_default(),
+            agreed: false,
+        };
         Ok(Trainer {
             lagged: recipe
                 .trainer
@@ -295,7 +302,7 @@ impl Trainer {
             state,
             store,
             dp,
-            stop: StopRequest::default(),
+            stop,
             log,
             _locks: locks,
         })
