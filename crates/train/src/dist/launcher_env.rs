@@ -1,14 +1,17 @@
 //! The launcher's description of a data-parallel job, read from the environment: torchrun's
 //! `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`, or
-//! Slurm's `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID` (with `MASTER_ADDR` from the
-//! environment or 127.0.0.1, and `MASTER_PORT` or 29500). [`join`] turns it into a c10d
-//! process group (corenet-ffi).
+//! Slurm's `SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`/`SLURM_NTASKS`, `SLURM_LOCALID` under `srun`
+//! (with `MASTER_ADDR` from the environment, else the first host of `SLURM_JOB_NODELIST`, and
+//! `MASTER_PORT` from the environment, else `10000 + SLURM_JOB_ID mod 20000`). A process inside
+//! an allocation of several tasks but not started by srun is refused with what to do. [`join`]
+//! turns it into a c10d process group (corenet-ffi).
 
 use std::time::Duration;
 
 use corenet_ffi::{Backend, ProcessGroup, Rendezvous};
 use tch::Device;
 
+use crate::dist::slurm;
 use crate::error::{Error, Result};
 
 /// The port torchrun uses when none is given; also the Slurm fallback.
@@ -74,7 +77,24 @@ impl DistEnv {
             }
         } else if get("SLURM_PROCID").is_some() {
             let rank = required("SLURM_PROCID", "SLURM_PROCID")?;
-            let world_size = required("SLURM_NTASKS", "SLURM_PROCID")?;
+            // srun sets the step's own task count; a batch script sees only the allocation's.
+            let under_srun = get("SLURM_STEP_ID").is_some() || get("SLURM_STEPID").is_some();
+            let world_size = match parse("SLURM_STEP_NUM_TASKS")? {
+                Some(n) => n,
+                None => required("SLURM_NTASKS", "SLURM_PROCID")?,
+            };
+            if !under_srun {
+                if world_size > 1 {
+                    return Err(env_err(
+                        "SLURM_PROCID",
+                        format!(
+                            "this process runs inside a Slurm allocation of {world_size} tasks but was not started by srun (no SLURM_STEP_ID), so it would wait forever for {} ranks that never come. Start every rank with `srun corenet train …` (one task per GPU), or run a single process here with `env -u SLURM_PROCID corenet train …`",
+                            world_size - 1
+                        ),
+                    ));
+                }
+                return Ok(None);
+            }
             let local_rank = parse("SLURM_LOCALID")?.unwrap_or(0);
             let local_world_size = match parse("SLURM_NTASKS_PER_NODE") {
                 Ok(Some(n)) => n,
@@ -85,13 +105,19 @@ impl DistEnv {
                     .filter(|&nodes| nodes > 0 && world_size % nodes == 0)
                     .map_or(world_size, |nodes| world_size / nodes),
             };
+            let job_port = parse("SLURM_JOB_ID")
+                .ok()
+                .flatten()
+                .map(|id| slurm::job_port(id as u64));
             DistEnv {
                 rank,
                 world_size,
                 local_rank,
                 local_world_size,
-                master_addr: get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
-                master_port: parse_port(get("MASTER_PORT"))?.unwrap_or(DEFAULT_MASTER_PORT),
+                master_addr: slurm_master_addr(&get)?,
+                master_port: parse_port(get("MASTER_PORT"))?
+                    .or(job_port)
+                    .unwrap_or(DEFAULT_MASTER_PORT),
             }
         } else {
             return Ok(None);
@@ -152,6 +178,33 @@ impl DistEnv {
             return Err(env_err("WORLD_SIZE", "too large"));
         }
         Ok(())
+    }
+}
+
+/// Node 0's address for a Slurm job: `MASTER_ADDR` when set, else the first host of the job's
+/// node list, else (one node) the loopback address.
+fn slurm_master_addr(get: &impl Fn(&str) -> Option<String>) -> Result<String> {
+    if let Some(addr) = get("MASTER_ADDR") {
+        return Ok(addr);
+    }
+    for var in [
+        "SLURM_JOB_NODELIST",
+        "SLURM_NODELIST",
+        "SLURM_STEP_NODELIST",
+    ] {
+        if let Some(list) = get(var) {
+            return slurm::first_host(&list).ok_or_else(|| {
+                env_err(var, format!("`{list}` is not a node list Slurm writes; set MASTER_ADDR to node 0's address"))
+            });
+        }
+    }
+    let nodes = get("SLURM_NNODES").and_then(|n| n.trim().parse::<usize>().ok());
+    match nodes {
+        Some(n) if n > 1 => Err(env_err(
+            "MASTER_ADDR",
+            format!("is not set and no SLURM_JOB_NODELIST names the {n} nodes; set it to node 0's address"),
+        )),
+        _ => Ok("127.0.0.1".into()),
     }
 }
 
@@ -317,17 +370,79 @@ mod tests {
         let env = DistEnv::from_lookup(lookup(&[
             ("SLURM_PROCID", "5"),
             ("SLURM_NTASKS", "8"),
+            ("SLURM_STEP_ID", "0"),
             ("SLURM_LOCALID", "1"),
-            ("SLURM_NNODES", "2"),
+            ("SLURM_NNODES", "1"),
         ]))
         .expect("valid")
         .expect("set");
         assert_eq!(env.rank, 5);
         assert_eq!(env.world_size, 8);
         assert_eq!(env.local_rank, 1);
-        assert_eq!(env.local_world_size, 4);
+        assert_eq!(env.local_world_size, 8);
         assert_eq!(env.master_addr, "127.0.0.1");
         assert_eq!(env.master_port, DEFAULT_MASTER_PORT);
+    }
+
+    #[test]
+    fn slurm_multi_node_rendezvous_comes_from_the_node_list_and_job_id() {
+        let vars = [
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "16"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_NNODES", "2"),
+            ("SLURM_JOB_ID", "4242"),
+            ("SLURM_JOB_NODELIST", "gpu-[017-018]"),
+        ];
+        let env = DistEnv::from_lookup(lookup(&vars))
+            .expect("valid")
+            .expect("set");
+        assert_eq!(
+            (env.rank, env.world_size, env.local_world_size),
+            (5, 8, 4),
+            "the step's tasks, not the allocation's"
+        );
+        assert_eq!(env.master_addr, "gpu-017");
+        assert_eq!(env.master_port, 14_242);
+        // Explicit values win.
+        let mut explicit = vars.to_vec();
+        explicit.extend([("MASTER_ADDR", "10.0.0.5"), ("MASTER_PORT", "23456")]);
+        let env = DistEnv::from_lookup(lookup(&explicit))
+            .expect("valid")
+            .expect("set");
+        assert_eq!(
+            (env.master_addr.as_str(), env.master_port),
+            ("10.0.0.5", 23456)
+        );
+        // Several nodes and no way to find node 0.
+        let no_list: Vec<_> = vars
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "SLURM_JOB_NODELIST")
+            .collect();
+        let err = DistEnv::from_lookup(lookup(&no_list)).expect_err("must fail");
+        assert!(err.to_string().contains("node 0"), "{err}");
+        assert_eq!(env_var_of(err), "MASTER_ADDR");
+    }
+
+    #[test]
+    fn a_batch_script_process_in_a_multi_task_allocation_is_told_to_use_srun() {
+        let err = DistEnv::from_lookup(lookup(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_JOB_NODELIST", "node[1-2]"),
+        ]))
+        .expect_err("would wait forever for 7 ranks");
+        let text = err.to_string();
+        assert!(
+            text.contains("srun corenet train") && text.contains("env -u SLURM_PROCID"),
+            "{text}"
+        );
+        // One task: a plain single-process run.
+        let single = DistEnv::from_lookup(lookup(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]));
+        assert_eq!(single.ok(), Some(None));
     }
 
     #[test]
@@ -349,7 +464,11 @@ mod tests {
                 "MASTER_PORT",
             ),
             (
-                &[("SLURM_PROCID", "4"), ("SLURM_NTASKS", "4")],
+                &[
+                    ("SLURM_PROCID", "4"),
+                    ("SLURM_NTASKS", "4"),
+                    ("SLURM_STEP_ID", "0"),
+                ],
                 "SLURM_PROCID",
             ),
             (&[("SLURM_PROCID", "0")], "SLURM_NTASKS"),
