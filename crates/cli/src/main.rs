@@ -27,8 +27,37 @@ use clap::{Parser, Subcommand};
     about = "Pre-train and reproduce OpenELM models"
 )]
 struct Cli {
+    /// How log lines on stderr look: `text` for people (coloured only on a terminal, and not
+    /// when NO_COLOR is set), `json` for machines (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log lines to stderr, around the progress bar; the level from RUST_LOG (default info).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| corenet_train::log::progress::LogWriter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -72,15 +101,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // Reports end quietly when their reader goes away (`corenet plan … | head`); ranks, which
+    // talk to peers over sockets, keep SIGPIPE ignored so a dead peer is an error.
+    if !matches!(cli.command, Command::Train(_) | Command::Launch(_)) {
+        corenet_ffi::process::default_sigpipe();
+    }
     let success = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
-    let result = match Cli::parse().command {
+    let result = match cli.command {
         Command::Generate(args) => success(generate_cmd::run(args)),
         Command::Bench(args) => success(bench_cmd::run(args)),
         Command::Eval { command } => success(eval_cmd::run(command)),

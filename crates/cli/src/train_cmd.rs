@@ -88,6 +88,15 @@ fn install_signal_handlers(
     Ok(())
 }
 
+/// A line on stdout that never panics: with SIGPIPE ignored (ranks keep it so), a closed pipe
+/// (`corenet train … | head`) is an error to drop, not a reason to lose the run's exit status.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let (stop, received) = (
         Arc::new(AtomicBool::new(false)),
@@ -102,20 +111,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         let report = dry_run(&recipe, world)
             .with_context(|| format!("dry run of {}", args.input.path().display()))?;
         for (name, files) in &report.sources {
-            println!("source {name}: {files} shard(s) readable");
+            say!("source {name}: {files} shard(s) readable");
         }
-        println!(
+        say!(
             "tokenizer: {} ids, model vocabulary {}",
-            report.tokenizer_vocab, report.model_vocab
+            report.tokenizer_vocab,
+            report.model_vocab
         );
-        println!(
+        say!(
             "batch: {} sequences = {} micro-batch(es) of {} × {} rank(s)",
             recipe.trainer.global_batch,
             report.accumulation,
             recipe.trainer.micro_batch,
             report.world_size
         );
-        println!("dry run ok: one optimizer step, loss {:.4}", report.loss);
+        say!("dry run ok: one optimizer step, loss {:.4}", report.loss);
         return Ok(ExitCode::SUCCESS);
     }
     if args.dist_timeout == 0 {
@@ -151,7 +161,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let fmt = |l: Option<f64>| l.map_or("-".into(), |v| format!("{v:.4}"));
-    println!(
+    say!(
         "steps {}..{}, loss {} -> {}, skipped {}{}",
         summary.start_step,
         summary.final_step,

@@ -338,3 +338,81 @@ fn values_that_would_break_a_run_or_a_score_are_rejected_naming_them() -> Result
     );
     Ok(())
 }
+
+/// Logs redirected to a file are plain text: no colour codes, no progress-bar frames, each
+/// checkpoint announced once, and each log line carrying step/total and an ETA; `--log-format
+/// json` gives one JSON object per line.
+#[test]
+fn redirected_logs_are_plain_and_json_logs_parse() -> Result<()> {
+    let fx = trained()?;
+    let run = format!("run.dir={}", fx.dir.join("logged").display());
+    let out = corenet(&[
+        "train",
+        s(&fx.recipe),
+        "--set",
+        &run,
+        "--set",
+        "logging.progress=true",
+    ])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.success(), "{stderr}");
+    ensure!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in a redirected log: {stderr:?}"
+    );
+    ensure!(
+        stderr.matches("checkpoint saved").count() == 2,
+        "checkpoints at 2 and 4, each announced once: {stderr}"
+    );
+    ensure!(
+        stderr.contains("step=2/4") && stderr.contains("eta="),
+        "{stderr}"
+    );
+
+    let run = format!("run.dir={}", fx.dir.join("json").display());
+    let out = corenet(&[
+        "--log-format",
+        "json",
+        "train",
+        s(&fx.recipe),
+        "--set",
+        &run,
+    ])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    ensure!(lines.len() >= 4, "{stderr}");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        ensure!(value["level"].is_string(), "{line}");
+    }
+    Ok(())
+}
+
+/// A report whose reader goes away (`corenet model summary … | head -1`) ends quietly, without
+/// a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() -> Result<()> {
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corenet"))
+            .args(["model", "summary", "--model", "OpenELM-3B"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        drop(child.stdout.take());
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!stderr.contains("panicked"), "{stderr}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            ensure!(
+                out.status.success() || out.status.signal() == Some(13),
+                "ends as a pipeline stage does (SIGPIPE), got {:?}",
+                out.status
+            );
+        }
+    }
+    Ok(())
+}

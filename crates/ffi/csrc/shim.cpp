@@ -125,7 +125,11 @@ char* shim_dist_init(const char* addr, int port, int rank, int world, int64_t ti
     const auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions o;
     o.port = static_cast<std::uint16_t>(port);
-    o.isServer = rank == 0;
+    // Under torchrun the agent already serves the store on MASTER_PORT and says so; rank 0
+    // hosting a second one would fail to bind and log an alarming (harmless) error line.
+    const char* agent_store = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    const bool agent_serves = agent_store != nullptr && std::string(agent_store) == "True";
+    o.isServer = rank == 0 && !agent_serves;
     o.numWorkers = static_cast<std::size_t>(world);
     o.waitWorkers = true;
     o.timeout = timeout;

@@ -29,3 +29,16 @@ pub fn send_signal(child: &Child, signal: Signal) {
         libc::kill(pid, sig);
     }
 }
+
+/// Restores the default action of SIGPIPE (terminate quietly), which the Rust runtime sets to
+/// "ignore" at start-up. A report command whose reader went away (`corenet plan … | head`)
+/// then ends the way `cat` does, instead of panicking in `println!` on EPIPE. Not for
+/// processes holding sockets to peers (training ranks): there a dead peer must be an error,
+/// not a silent death.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with a standard signal number and the default disposition; called from
+    // `main` before any other thread exists, so nothing races with the change.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

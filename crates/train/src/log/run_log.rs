@@ -16,6 +16,7 @@ use tch::Device;
 
 use crate::error::{Error, Result};
 use crate::log::metrics::{MetricsRecord, MetricsSink};
+use crate::log::progress::human_duration;
 use crate::log::tensorboard::EventWriter;
 use crate::log::throughput::{mfu, peak_bf16_flops, Throughput};
 use crate::recipe::LoggingConfig;
@@ -160,6 +161,7 @@ impl RunLog {
             bar.set_style(style);
         }
         bar.set_position(step);
+        super::progress::show(&bar);
         self.progress = Some(bar);
     }
 
@@ -190,6 +192,7 @@ impl RunLog {
     /// Clears the progress bar.
     pub fn finish(&mut self) {
         if let Some(bar) = self.progress.take() {
+            super::progress::hide();
             bar.finish_and_clear();
         }
     }
@@ -238,15 +241,26 @@ impl RunLog {
             tb.add_scalars(report.step as i64, &scalars)?;
             tb.flush()?;
         }
+        // For people reading a log: rounded, with the budget and an ETA (metrics.jsonl keeps
+        // full precision for machines).
+        let eta = self
+            .throughput
+            .steps_per_s()
+            .filter(|&rate| rate > 0.0)
+            .map(|rate| {
+                let left = self.total_steps.saturating_sub(report.step) as f64 / rate;
+                human_duration(Duration::from_secs_f64(left.min(1e9)))
+            });
         tracing::info!(
-            step = report.step,
-            loss = report.loss,
-            ce = report.ce,
-            z_loss = report.z_loss,
-            lr = report.lr,
-            grad_norm = report.grad_norm,
-            tokens_per_s,
-            data_wait_ms,
+            step = %format_args!("{}/{}", report.step, self.total_steps),
+            loss = %format_args!("{:.4}", report.loss),
+            ce = %format_args!("{:.4}", report.ce),
+            z_loss = %format_args!("{:.2e}", report.z_loss),
+            lr = %format_args!("{:.3e}", report.lr),
+            grad_norm = %format_args!("{:.3}", report.grad_norm),
+            tokens_per_s = %format_args!("{tokens_per_s:.0}"),
+            data_wait_ms = %format_args!("{data_wait_ms:.1}"),
+            eta = %eta.as_deref().unwrap_or("-"),
             "train"
         );
         Ok(())

@@ -56,6 +56,12 @@ impl Throughput {
         (secs > 0.0).then_some((first, last, secs))
     }
 
+    /// Optimizer steps per second over the window, for the ETA.
+    pub fn steps_per_s(&self) -> Option<f64> {
+        self.span()
+            .map(|(a, b, secs)| (b.step - a.step) as f64 / secs)
+    }
+
     /// Tokens per second over the window; None until two samples a non-zero time apart.
     pub fn tokens_per_s(&self) -> Option<f64> {
         self.span()
