@@ -100,7 +100,7 @@ impl OpenElmConfig {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 "head_dim",
                 format!(
@@ -181,7 +181,7 @@ impl OpenElmConfig {
         (0..n)
             .map(|i| {
                 let q_dim = make_divisible(d * alphas[i], head_divisor, None);
-                if q_dim % self.head_dim != 0 {
+                if !q_dim.is_multiple_of(self.head_dim) {
                     return Err(Error::config(
                         "head_dim",
                         format!(
@@ -192,7 +192,7 @@ impl OpenElmConfig {
                 }
                 let query_heads = q_dim / self.head_dim;
                 let kv_heads = query_heads / self.num_gqa_groups;
-                if kv_heads == 0 || query_heads % self.num_gqa_groups != 0 {
+                if kv_heads == 0 || !query_heads.is_multiple_of(self.num_gqa_groups) {
                     return Err(Error::config(
                         "num_gqa_groups",
                         format!(

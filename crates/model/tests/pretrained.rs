@@ -100,20 +100,69 @@ fn vocabulary_shrinks_from_32128_to_32000_rows() {
     assert!(b.norm.weight.equal(&corenet.norm.weight));
 }
 
+/// A corenet checkpoint folder as the store writes one: weights, config and a manifest of both.
+fn corenet_checkpoint(dir: &Path, a: &OpenElm) {
+    a.save_safetensors(&dir.join("model.safetensors"))
+        .expect("save");
+    std::fs::write(
+        dir.join("model_config.json"),
+        serde_json::to_string(a.config()).expect("json"),
+    )
+    .expect("config");
+    let files = ["model.safetensors", "model_config.json"]
+        .into_iter()
+        .map(|f| {
+            let digest = corenet_model::manifest::file_digest(&dir.join(f)).expect("digest");
+            (f.to_string(), digest)
+        })
+        .collect();
+    let manifest = corenet_model::manifest::Manifest {
+        format_version: corenet_model::manifest::MANIFEST_FORMAT_VERSION,
+        step: 1,
+        files,
+        metadata: Default::default(),
+    };
+    std::fs::write(
+        dir.join(corenet_model::manifest::MANIFEST_FILE),
+        serde_json::to_vec(&manifest).expect("json"),
+    )
+    .expect("manifest");
+}
+
 #[test]
 fn a_corenet_checkpoint_directory_loads_through_model_config_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_vs, a) = model(&tiny(40), 1);
-    a.save_safetensors(&dir.path().join("model.safetensors"))
-        .expect("save");
-    std::fs::write(
-        dir.path().join("model_config.json"),
-        serde_json::to_string(a.config()).expect("json"),
-    )
-    .expect("config");
+    corenet_checkpoint(dir.path(), &a);
     let (_b_vs, b) = model(&tiny(40), 2);
     load_pretrained(&b, dir.path()).expect("load");
     assert_same(&a, &b);
+}
+
+#[test]
+fn a_corenet_checkpoint_is_verified_before_it_is_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_vs, a) = model(&tiny(40), 1);
+    corenet_checkpoint(dir.path(), &a);
+    let weights = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("read");
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x40;
+    std::fs::write(&weights, bytes).expect("write");
+    let (_b_vs, b) = model(&tiny(40), 2);
+    let err = load_pretrained(&b, dir.path())
+        .expect_err("flipped byte")
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("sha256"),
+        "{err}"
+    );
+    // Without its manifest the folder is an incomplete checkpoint, not an unverified one.
+    std::fs::remove_file(dir.path().join(corenet_model::manifest::MANIFEST_FILE)).expect("rm");
+    let err = load_pretrained(&b, dir.path())
+        .expect_err("no manifest")
+        .to_string();
+    assert!(err.contains("without manifest.json"), "{err}");
 }
 
 #[test]

@@ -182,7 +182,7 @@ impl RunLog {
                 report.loss, report.lr, tokens_per_s
             ));
         }
-        let log_step = report.step % self.interval == 0 || report.step == self.total_steps;
+        let log_step = report.step.is_multiple_of(self.interval) || report.step == self.total_steps;
         if !log_step || self.metrics.is_none() && self.tensorboard.is_none() {
             return Ok(());
         }

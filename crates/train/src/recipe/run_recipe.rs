@@ -117,7 +117,7 @@ impl Recipe {
     /// Gradient-accumulation steps for `world_size` ranks.
     pub fn accumulation(&self, world_size: usize) -> Result<usize> {
         let per_step = self.trainer.micro_batch * world_size;
-        if self.trainer.global_batch % per_step != 0 {
+        if !self.trainer.global_batch.is_multiple_of(per_step) {
             return Err(Error::config(
                 "trainer.global_batch",
                 format!(

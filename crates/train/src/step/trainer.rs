@@ -359,7 +359,7 @@ impl Trainer {
                 self.settle(ready, &mut in_flight, &mut summary)?;
             }
             let interval = self.recipe.checkpoint.interval;
-            if interval > 0 && self.state.step % interval == 0 {
+            if interval > 0 && self.state.step.is_multiple_of(interval) {
                 self.settle_all(&mut in_flight, &mut summary)?;
                 self.save()?;
             }
