@@ -114,6 +114,8 @@ fn resuming_the_run_s_checkpoint_ignores_init_from() {
         Trainer::new(r.clone(), options(Resume::Fresh, &folder, Some(4))).expect("trainer");
     first.train().expect("train");
     let trained: Vec<_> = first.model().named_parameters();
+    // The run directory has one writer at a time: the first trainer lets go of it.
+    drop(first);
 
     let resumed = Trainer::new(r, options(Resume::Auto, &folder, None)).expect("resume");
     assert_eq!(resumed.state().step, 4);
