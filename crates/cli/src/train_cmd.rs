@@ -45,6 +45,11 @@ pub struct TrainArgs {
     /// starting the data stream from the beginning (its positions cannot be re-partitioned).
     #[arg(long)]
     restart_data: bool,
+    /// Resume although the shard files changed since the checkpoint (removed, added, or another
+    /// size or content): workers keep their epoch and file index over the new list and restart
+    /// a file that is not the one they were reading. Without it such a resume fails, naming them.
+    #[arg(long)]
+    accept_data_change: bool,
     /// Start from existing weights: an HF OpenELM folder (config.json + model.safetensors or a
     /// sharded model.safetensors.index.json) or a corenet checkpoint directory. The architecture
     /// must be the recipe's; the vocabulary is resized (32000 <-> 32128). Ignored on resume.
@@ -147,6 +152,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dist: env.clone(),
         dist_timeout: Some(Duration::from_secs(args.dist_timeout)),
         restart_data: args.restart_data,
+        accept_data_change: args.accept_data_change,
         init_from: args.init_from,
         stop_flag: Some(stop),
         ..TrainOptions::default()

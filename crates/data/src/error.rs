@@ -72,6 +72,10 @@ pub enum Error {
     #[error("stream state does not match this stream: {0}")]
     StateMismatch(String),
 
+    /// A resumed stream's shard files differ from those its saved state recorded.
+    #[error("the shard files differ from those the saved stream state read: {change}")]
+    DataChanged { change: crate::manifest::DataChange },
+
     /// Writing sample shards failed.
     #[error("{path}: cannot write shard: {message}")]
     Write { path: PathBuf, message: String },

@@ -23,6 +23,10 @@ struct OpenDoc {
 /// The tokens of the current piece of the document.
 struct Piece {
     next_start: usize,
+    /// This piece reaches the end of the document. Not the same as `next_start` reaching it:
+    /// in CoreNet mode a piece ending at a trailing space is followed by an empty piece, as
+    /// Python's `split(" ")` gives a last empty word there.
+    last: bool,
     tokens: Vec<u32>,
 }
 
@@ -128,23 +132,24 @@ impl SourceStream {
     }
 
     /// Book-keeping without reading: closes an exhausted piece and a finished document, so a
-    /// saved state never points at data that is already consumed.
+    /// saved state never points at data that is already consumed. An open document without a
+    /// loaded piece always has one left to make (at `piece_start`, possibly empty), so a saved
+    /// state inside a document means "the piece at `piece_start` comes next".
     fn settle(&mut self) {
         let Some(doc) = self.doc.as_mut() else { return };
-        if let Some(p) = &doc.piece {
-            if (self.state.token_offset as usize) < p.tokens.len() {
-                return;
-            }
-            self.state.piece_start = p.next_start as u64;
-            self.state.token_offset = 0;
-            doc.piece = None;
+        let Some(p) = &doc.piece else { return };
+        if (self.state.token_offset as usize) < p.tokens.len() {
+            return;
         }
-        if self.state.piece_start as usize >= doc.text.len() {
+        self.state.token_offset = 0;
+        if p.last {
             self.state.record = Some(doc.end);
             self.state.piece_start = 0;
-            self.state.token_offset = 0;
             self.doc = None;
             self.stats.documents += 1;
+        } else {
+            self.state.piece_start = p.next_start as u64;
+            doc.piece = None;
         }
     }
 
@@ -171,6 +176,7 @@ impl SourceStream {
                 }
                 Piece {
                     next_start: end,
+                    last: end == text.len(),
                     tokens,
                 }
             }
@@ -193,7 +199,11 @@ impl SourceStream {
                         tokens.clear();
                     }
                 }
-                Piece { next_start, tokens }
+                Piece {
+                    next_start,
+                    last: end == text.len(),
+                    tokens,
+                }
             }
         };
         if piece.tokens.is_empty() {
@@ -218,10 +228,16 @@ impl SourceStream {
                 Ok(None) => self.next_file(),
                 Ok(Some(ReadItem::Bad(e))) => self.skip_record(e)?,
                 Ok(Some(ReadItem::Doc(rec))) => {
-                    self.state.record = Some(rec.start);
-                    if rec.text.is_empty() {
+                    // Packed mode has no use for an empty document (it would only add BOS and
+                    // EOS). CoreNet mode keeps it: it is one empty piece, which CoreNet turns
+                    // into a row of BOS, EOS and padding unless the filters drop it.
+                    if rec.text.is_empty() && self.pipe.config.mode == Mode::Packed {
+                        self.state.record = Some(rec.end);
                         self.stats.dropped_pieces += 1;
+                        self.stats.documents += 1;
+                        continue;
                     }
+                    self.state.record = Some(rec.start);
                     self.doc = Some(OpenDoc {
                         text: rec.text,
                         end: rec.end,

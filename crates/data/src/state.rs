@@ -1,11 +1,15 @@
 //! The serialisable stream position. Restoring it reproduces the rest of the stream exactly,
 //! and it is O(1) in the data: a few integers per source and worker (plus counters).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::manifest::{FileStamp, Manifest};
 use crate::read::Position;
 use crate::rng::Rng;
+use crate::shard::Shard;
 use crate::stats::SourceStats;
 
 /// Where one worker stands in one source.
@@ -50,6 +54,35 @@ pub struct StreamState {
     /// Worker whose batch comes next (batches go round-robin over workers, like CoreNet).
     pub next_worker: usize,
     pub workers: Vec<WorkerState>,
+    /// The shard files the stream read, so a resume can tell whether they changed
+    /// ([`Manifest::check_resume`]). Recorded by the caller on one rank only
+    /// ([`crate::DataStream::set_files`]; the trainer uses rank 0): every rank resolves the same
+    /// sorted lists, and one copy spares the checkpoint `world_size` copies and the file system
+    /// `world_size` times the fingerprint reads. `None` on other ranks and in states saved
+    /// before the lists were recorded (which still load).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "shared")]
+    pub files: Option<Arc<Manifest>>,
+}
+
+/// Serde for the shared file list: an `Arc` so that the batches, which each carry a state, do
+/// not copy the list (without serde's `rc` feature, which would rebuild every serde user).
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::manifest::Manifest;
+
+    pub fn serialize<S: Serializer>(
+        files: &Option<Arc<Manifest>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        files.as_deref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<Manifest>>, D::Error> {
+        Ok(Option::<Manifest>::deserialize(d)?.map(Arc::new))
+    }
 }
 
 /// Current state format.
@@ -169,7 +202,7 @@ impl StreamState {
                 "the shares stopped at different batch counts (micro-batches per step not a multiple of the workers), so no re-partition reproduces the batch order".into(),
             );
         }
-        let workers = (0..workers)
+        let new_workers = (0..workers)
             .map(|w| {
                 let scaled = rank * workers + w;
                 let mut state = states[scaled / old_workers].workers[scaled % old_workers].clone();
@@ -184,8 +217,45 @@ impl StreamState {
             seed: first.seed,
             source_names: first.source_names.clone(),
             next_worker: 0,
-            workers,
+            workers: new_workers,
+            // Like the original states: the file list stays with rank 0 alone.
+            files: if rank == 0 { first.files.clone() } else { None },
         })
+    }
+
+    /// Moves the positions of a state saved over the files `saved` onto the files `now`, after
+    /// a change was accepted. Every worker keeps its epoch, its index into its epoch's file
+    /// plan (recomputed over the new list) and its counters. Where the file at that index is
+    /// the same as before (path, size, fingerprint) and read the same way, the position inside
+    /// it is kept; otherwise the worker starts that file from its beginning, since a record
+    /// offset means nothing in another file. The recorded list is left alone: the rank that
+    /// records lists records the new one ([`crate::DataStream::set_files`]).
+    pub fn adopt_files(&mut self, saved: &Manifest, now: &Manifest) {
+        let (rank, world_size, workers, seed) =
+            (self.rank, self.world_size, self.workers.len(), self.seed);
+        for (worker, ws) in self.workers.iter_mut().enumerate() {
+            let shard = Shard {
+                rank,
+                world_size,
+                worker,
+                workers,
+            };
+            for (index, (name, st)) in self.source_names.iter().zip(&mut ws.sources).enumerate() {
+                let current = |files: &[FileStamp]| {
+                    let plan = shard.epoch_plan(files.len(), seed, index, st.epoch);
+                    plan.get(st.file as usize)
+                        .map(|&(f, stride)| (files[f].clone(), stride))
+                };
+                let (before, after) = (current(saved.files(name)), current(now.files(name)));
+                let inside = st.record.is_some() || st.piece_start > 0 || st.token_offset > 0;
+                if before != after && inside {
+                    tracing::warn!(source = %name, rank, worker, epoch = st.epoch, file = st.file, "the file this worker was reading is another one now; it starts that file from the beginning");
+                    st.record = None;
+                    st.piece_start = 0;
+                    st.token_offset = 0;
+                }
+            }
+        }
     }
 
     /// JSON form, for checkpoints.

@@ -14,7 +14,7 @@ pub struct SourceStats {
     pub tokens: u64,
     /// Pad tokens emitted (corenet mode).
     pub pad_tokens: u64,
-    /// Pieces dropped by the corenet filters, plus empty documents.
+    /// Pieces dropped by the corenet filters, plus empty documents in packed mode.
     pub dropped_pieces: u64,
     /// Records skipped as unusable.
     pub bad_records: u64,

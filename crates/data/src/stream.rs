@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use crate::batch::Batch;
 use crate::config::DataConfig;
 use crate::error::{Error, Result};
+use crate::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use crate::shard::Shard;
 use crate::state::{StreamState, STATE_VERSION};
@@ -81,6 +82,7 @@ impl DataStream {
                 workers: (0..workers)
                     .map(|w| Worker::initial_state(&pipe, &shard(w)))
                     .collect(),
+                files: None,
             },
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -110,6 +112,12 @@ impl DataStream {
     /// State right after the last batch returned (the initial state before any).
     pub fn state(&self) -> &StreamState {
         &self.state
+    }
+
+    /// Records the shard files this stream reads (see [`Manifest`]) in its state, and so in the
+    /// state every later batch carries.
+    pub fn set_files(&mut self, files: Arc<Manifest>) {
+        self.state.files = Some(files);
     }
 
     /// Per-source counters for the batches returned so far.

@@ -7,6 +7,7 @@ mod tensorboard_reader;
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use corenet_train::checkpoint::{TrainState, STATE_FILE};
 use corenet_train::log::metrics::read_metrics;
 use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
@@ -345,4 +346,56 @@ fn preset_with_overrides_and_activation_checkpointing_train() {
     r.schedule.max_iterations = 3;
     let (_, summary) = run(&r, Resume::Fresh, None);
     assert_eq!(summary.final_step, 3);
+}
+
+#[test]
+fn a_shard_removed_between_stop_and_resume_fails_unless_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    // Source `a` reads a glob of two files; the second one goes away after the stop.
+    let extra = dir.path().join("a2.jsonl");
+    std::fs::copy(dir.path().join("a.jsonl"), &extra).expect("copy");
+    let glob = format!(
+        "data.sources.0.paths=[{}]",
+        dir.path().join("a*.jsonl").display()
+    );
+    let r = in_dir(&base, dir.path(), "changed", &[&glob]);
+    run(&r, Resume::Fresh, Some(6));
+    let state_file = |step: &str| r.checkpoint_dir().join(step).join(STATE_FILE);
+    let saved = std::fs::read_to_string(state_file("step-00000006")).expect("state");
+    assert!(
+        saved.contains("a2.jsonl"),
+        "the checkpoint records the files"
+    );
+    std::fs::remove_file(&extra).expect("remove");
+
+    let options = |accept_data_change| TrainOptions {
+        resume: Resume::Auto,
+        world_size: 1,
+        accept_data_change,
+        ..TrainOptions::default()
+    };
+    let err = Trainer::new(r.clone(), options(false))
+        .err()
+        .expect("a resume over a removed shard is refused")
+        .to_string();
+    for part in ["source `a`: removed", "a2.jsonl", "--accept-data-change"] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+
+    let mut trainer = Trainer::new(r.clone(), options(true)).expect("accepted change");
+    let summary = trainer.train().expect("train");
+    assert_eq!((summary.start_step, summary.final_step), (6, 12));
+    // The new checkpoint records the new list: resuming from it needs no flag.
+    let last = std::fs::read_to_string(state_file("step-00000012")).expect("state");
+    assert!(last.contains("a.jsonl") && !last.contains("a2.jsonl"));
+    drop(trainer);
+    Trainer::new(r.clone(), options(false)).expect("unchanged since the last checkpoint");
+
+    // A train_state.json written before file lists were recorded still loads.
+    let mut old: Value = serde_json::from_str(&saved).expect("json");
+    let data = old["data"].as_object_mut().expect("data state");
+    assert!(data.remove("files").is_some());
+    let old: TrainState = serde_json::from_value(old).expect("an old state loads");
+    assert_eq!(old.data.files, None);
 }

@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod corenet_mode;
 mod coverage;
+mod data_files;
 mod formats;
 mod mixing;
 mod resume;

@@ -27,6 +27,7 @@ use corenet_ffi::Readback;
 use corenet_model::OpenElm;
 
 use crate::checkpoint::contents::TrainState;
+use crate::checkpoint::data_files::agree_data_files;
 use crate::checkpoint::resume::{check_resume_path, choose_checkpoint, restore, Resume};
 use crate::checkpoint::run_lock::RunLock;
 use crate::checkpoint::save::save_checkpoint;
@@ -65,6 +66,10 @@ pub struct TrainOptions {
     /// When a checkpoint's data-stream positions cannot be restored on this world size, start
     /// the data stream afresh (model, optimizer and counters still resume) instead of failing.
     pub restart_data: bool,
+    /// Resume even though the shard files differ from those the checkpoint's stream read
+    /// (removed, added or changed): each worker keeps its epoch and file index over the new
+    /// list and restarts a file that is no longer the one it was reading (docs/training.md).
+    pub accept_data_change: bool,
     /// Start a fresh run from existing weights: an HF OpenELM folder (single or sharded
     /// safetensors) or a corenet checkpoint directory, whose architecture must be the recipe's
     /// (the vocabulary may differ: rows are resized). Ignored when the run resumes.
@@ -233,11 +238,25 @@ impl Trainer {
                 )
             })
             .transpose()?;
-        let (restored, data_resume) = match restored {
+        let (restored, mut data_resume) = match restored {
             Some(r) => (Some(r.state), r.data),
             None => (None, None),
         };
-        let data = DataStream::open(&recipe.data, rank, world, data_resume)?;
+        // Before the stream opens or a step runs: changed shard files fail every rank alike.
+        let recorded = resume_dir
+            .as_deref()
+            .zip(restored.as_ref().map(|s| &s.data));
+        let files = agree_data_files(
+            &recipe.data,
+            recorded.filter(|_| data_resume.is_some()),
+            data_resume.as_mut(),
+            options.accept_data_change,
+            dp.as_ref(),
+        )?;
+        let mut data = DataStream::open(&recipe.data, rank, world, data_resume)?;
+        if let Some(files) = files {
+            data.set_files(files);
+        }
         let mut state = restored.unwrap_or_else(|| {
             TrainState::fresh(
                 data.state().clone(),
