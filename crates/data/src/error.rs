@@ -74,7 +74,9 @@ pub enum Error {
 
     /// A resumed stream's shard files differ from those its saved state recorded.
     #[error("the shard files differ from those the saved stream state read: {change}")]
-    DataChanged { change: crate::manifest::DataChange },
+    DataChanged {
+        change: crate::shard_list::DataChange,
+    },
 
     /// Writing sample shards failed.
     #[error("{path}: cannot write shard: {message}")]

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::manifest::{FileStamp, Manifest};
 use crate::read::Position;
 use crate::rng::Rng;
 use crate::shard::Shard;
+use crate::shard_list::{FileStamp, ShardList};
 use crate::stats::SourceStats;
 
 /// Where one worker stands in one source.
@@ -55,13 +55,13 @@ pub struct StreamState {
     pub next_worker: usize,
     pub workers: Vec<WorkerState>,
     /// The shard files the stream read, so a resume can tell whether they changed
-    /// ([`Manifest::check_resume`]). Recorded by the caller on one rank only
+    /// ([`ShardList::check_resume`]). Recorded by the caller on one rank only
     /// ([`crate::DataStream::set_files`]; the trainer uses rank 0): every rank resolves the same
     /// sorted lists, and one copy spares the checkpoint `world_size` copies and the file system
     /// `world_size` times the fingerprint reads. `None` on other ranks and in states saved
     /// before the lists were recorded (which still load).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "shared")]
-    pub files: Option<Arc<Manifest>>,
+    pub files: Option<Arc<ShardList>>,
 }
 
 /// Serde for the shared file list: an `Arc` so that the batches, which each carry a state, do
@@ -71,17 +71,19 @@ mod shared {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::manifest::Manifest;
+    use crate::shard_list::ShardList;
 
     pub fn serialize<S: Serializer>(
-        files: &Option<Arc<Manifest>>,
+        files: &Option<Arc<ShardList>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         files.as_deref().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<Manifest>>, D::Error> {
-        Ok(Option::<Manifest>::deserialize(d)?.map(Arc::new))
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<ShardList>>, D::Error> {
+        Ok(Option::<ShardList>::deserialize(d)?.map(Arc::new))
     }
 }
 
@@ -230,7 +232,7 @@ impl StreamState {
     /// it is kept; otherwise the worker starts that file from its beginning, since a record
     /// offset means nothing in another file. The recorded list is left alone: the rank that
     /// records lists records the new one ([`crate::DataStream::set_files`]).
-    pub fn adopt_files(&mut self, saved: &Manifest, now: &Manifest) {
+    pub fn adopt_files(&mut self, saved: &ShardList, now: &ShardList) {
         let (rank, world_size, workers, seed) =
             (self.rank, self.world_size, self.workers.len(), self.seed);
         for (worker, ws) in self.workers.iter_mut().enumerate() {

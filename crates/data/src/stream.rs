@@ -10,9 +10,9 @@ use std::thread::JoinHandle;
 use crate::batch::Batch;
 use crate::config::DataConfig;
 use crate::error::{Error, Result};
-use crate::manifest::Manifest;
 use crate::pipeline::Pipeline;
 use crate::shard::Shard;
+use crate::shard_list::ShardList;
 use crate::state::{StreamState, STATE_VERSION};
 use crate::stats::SourceStats;
 use crate::tokenizer::{load_tokenizer, TextTokenizer};
@@ -114,9 +114,9 @@ impl DataStream {
         &self.state
     }
 
-    /// Records the shard files this stream reads (see [`Manifest`]) in its state, and so in the
+    /// Records the shard files this stream reads (see [`ShardList`]) in its state, and so in the
     /// state every later batch carries.
-    pub fn set_files(&mut self, files: Arc<Manifest>) {
+    pub fn set_files(&mut self, files: Arc<ShardList>) {
         self.state.files = Some(files);
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use corenet_data::{DataConfig, DataStream, Error, Manifest, StreamState};
+use corenet_data::{DataConfig, DataStream, Error, ShardList, StreamState};
 
 use crate::common::{config, tokenizer, write_source, Kind};
 
@@ -26,7 +26,7 @@ fn setup(dir: &std::path::Path) -> DataConfig {
 /// The state after `n` batches of a fresh stream that recorded its files.
 fn state_after(cfg: &DataConfig, n: usize) -> StreamState {
     let mut stream = DataStream::with_tokenizer(cfg, tokenizer(), 0, 1, None).expect("stream");
-    stream.set_files(Arc::new(Manifest::of_config(cfg).expect("manifest")));
+    stream.set_files(Arc::new(ShardList::of_config(cfg).expect("manifest")));
     let last = stream.by_ref().take(n).last().expect("batches");
     last.expect("batch").state
 }
@@ -42,7 +42,7 @@ fn removed_added_and_changed_files_are_an_error_naming_them() {
     let recorded = saved.files.as_deref();
 
     // Nothing changed: no error.
-    let now = Manifest::of_config(&cfg).expect("manifest");
+    let now = ShardList::of_config(&cfg).expect("manifest");
     assert_eq!(now.check_resume(recorded, false).expect("same files"), None);
 
     let rp = dir.path().join("rp");
@@ -53,7 +53,7 @@ fn removed_added_and_changed_files_are_an_error_naming_them() {
     text.extend_from_slice(b"{\"text\": \"one more document\"}\n");
     std::fs::write(&c4, text).expect("append");
 
-    let now = Manifest::of_config(&cfg).expect("manifest");
+    let now = ShardList::of_config(&cfg).expect("manifest");
     let err = now
         .check_resume(recorded, false)
         .expect_err("changed files");
@@ -86,7 +86,7 @@ fn an_accepted_change_resumes_and_is_recorded() {
     let recorded = saved.files.clone().expect("recorded");
     std::fs::remove_file(dir.path().join("rp").join("rp-00001.jsonl")).expect("remove");
 
-    let now = Manifest::of_config(&cfg).expect("manifest");
+    let now = ShardList::of_config(&cfg).expect("manifest");
     let change = now
         .check_resume(Some(&recorded), true)
         .expect("accepted")
@@ -140,7 +140,7 @@ fn state_without_a_file_list_still_loads_and_skips_the_check() {
     let old = StreamState::from_json(&value.to_string()).expect("an old state loads");
     assert_eq!(old.files, None);
     std::fs::remove_file(dir.path().join("rp").join("rp-00003.jsonl")).expect("remove");
-    let now = Manifest::of_config(&cfg).expect("manifest");
+    let now = ShardList::of_config(&cfg).expect("manifest");
     assert_eq!(
         now.check_resume(old.files.as_deref(), false)
             .expect("skipped"),
@@ -157,7 +157,7 @@ fn adopting_an_unchanged_list_keeps_the_position_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = setup(dir.path());
     let mut stream = DataStream::with_tokenizer(&cfg, tokenizer(), 0, 1, None).expect("stream");
-    let files = Arc::new(Manifest::of_config(&cfg).expect("manifest"));
+    let files = Arc::new(ShardList::of_config(&cfg).expect("manifest"));
     stream.set_files(Arc::clone(&files));
     let full: Vec<_> = stream.take(12).map(|b| b.expect("batch")).collect();
     let mut state = full[5].state.clone();

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use corenet_data::{DataConfig, Manifest, StreamState};
+use corenet_data::{DataConfig, ShardList, StreamState};
 
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
@@ -22,10 +22,10 @@ pub(crate) fn agree_data_files(
     own: Option<&mut StreamState>,
     accept: bool,
     dp: Option<&DataParallel>,
-) -> Result<Option<Arc<Manifest>>> {
+) -> Result<Option<Arc<ShardList>>> {
     let root = dp.is_none_or(|dp| dp.rank() == 0);
-    let verdict = root.then(|| -> Result<(Manifest, bool)> {
-        let now = Manifest::of_config(config)?;
+    let verdict = root.then(|| -> Result<(ShardList, bool)> {
+        let now = ShardList::of_config(config)?;
         let Some((dir, saved)) = checkpoint else {
             return Ok((now, false));
         };
@@ -58,7 +58,7 @@ pub(crate) fn agree_data_files(
         None => {
             let bytes = shared.transpose()?.unwrap_or_default();
             let accepted = (!bytes.is_empty())
-                .then(|| serde_json::from_slice::<Manifest>(&bytes))
+                .then(|| serde_json::from_slice::<ShardList>(&bytes))
                 .transpose()
                 .map_err(|e| Error::Dist {
                     op: "check data files".into(),

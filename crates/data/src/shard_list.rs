@@ -2,7 +2,7 @@
 //! still reads the data the run started on.
 //!
 //! A file is its path (as the source's globs resolve it), its size and a fingerprint of its
-//! content: FNV-1a (64 bit) over its first and last 64 KiB, or the whole file when shorter.
+//! content: SHA-256 over its first and last 64 KiB, or the whole file when shorter.
 //! Not the mtime: copying or re-staging a data set (`cp`, `rsync` without `-t`, an object-store
 //! download) changes every mtime and no byte, and would make each such resume look like a
 //! change. The sample costs two 64 KiB reads per file, once per start on one rank, and catches
@@ -16,6 +16,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::DataConfig;
 use crate::error::{Error, Result};
@@ -30,7 +31,7 @@ pub const SAMPLE_BYTES: u64 = 64 * 1024;
 pub struct FileStamp {
     pub path: PathBuf,
     pub size: u64,
-    /// `fnv1a64:` and 16 hex digits (a string, so JSON readers keep all 64 bits).
+    /// `sha256:` and the hex digest of the sampled bytes.
     pub fingerprint: String,
 }
 
@@ -40,46 +41,30 @@ impl FileStamp {
         let io = |e| Error::io(path, e);
         let mut file = File::open(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        let mut hash = Fnv1a::default();
+        let mut hash = Sha256::new();
         if size <= 2 * SAMPLE_BYTES {
-            hash.update_from(&mut file, size).map_err(io)?;
+            hash_from(&mut hash, &mut file, size).map_err(io)?;
         } else {
-            hash.update_from(&mut file, SAMPLE_BYTES).map_err(io)?;
+            hash_from(&mut hash, &mut file, SAMPLE_BYTES).map_err(io)?;
             file.seek(SeekFrom::Start(size - SAMPLE_BYTES))
                 .map_err(io)?;
-            hash.update_from(&mut file, SAMPLE_BYTES).map_err(io)?;
+            hash_from(&mut hash, &mut file, SAMPLE_BYTES).map_err(io)?;
         }
+        let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(FileStamp {
             path: path.to_path_buf(),
             size,
-            fingerprint: format!("fnv1a64:{:016x}", hash.0),
+            fingerprint: format!("sha256:{hex}"),
         })
     }
 }
 
-/// 64-bit FNV-1a: tiny, and stable across builds and platforms (std's hasher is not).
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a {
-    fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// Hashes the next `len` bytes of `reader` (fewer if it ends first).
-    fn update_from(&mut self, reader: &mut impl Read, len: u64) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        reader.take(len).read_to_end(&mut buf)?;
-        self.update(&buf);
-        Ok(())
-    }
+/// Feeds the next `len` bytes of `reader` (fewer if it ends first) to `hash`.
+fn hash_from(hash: &mut Sha256, reader: &mut impl Read, len: u64) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    reader.take(len).read_to_end(&mut buf)?;
+    hash.update(&buf);
+    Ok(())
 }
 
 /// The files of one source, in the source's (sorted) order.
@@ -93,13 +78,13 @@ pub struct SourceFiles {
 /// The files of every source of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Manifest {
+pub struct ShardList {
     pub sources: Vec<SourceFiles>,
 }
 
-impl Manifest {
+impl ShardList {
     /// Stamps every file of already resolved sources.
-    pub fn of(sources: &[Source]) -> Result<Manifest> {
+    pub fn of(sources: &[Source]) -> Result<ShardList> {
         let sources = sources
             .iter()
             .map(|s| {
@@ -114,11 +99,11 @@ impl Manifest {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Manifest { sources })
+        Ok(ShardList { sources })
     }
 
     /// Resolves the config's sources (their globs, now) and stamps their files.
-    pub fn of_config(config: &DataConfig) -> Result<Manifest> {
+    pub fn of_config(config: &DataConfig) -> Result<ShardList> {
         config.validate()?;
         let sources = config
             .sources
@@ -128,7 +113,7 @@ impl Manifest {
         Self::of(&sources)
     }
 
-    /// The files of `source` (none when it is not in this manifest).
+    /// The files of `source` (none when it is not in this list).
     pub fn files(&self, source: &str) -> &[FileStamp] {
         self.sources
             .iter()
@@ -137,7 +122,7 @@ impl Manifest {
     }
 
     /// What differs between `saved` and these files, source by source; `None` when nothing does.
-    pub fn changes_since(&self, saved: &Manifest) -> Option<DataChange> {
+    pub fn changes_since(&self, saved: &ShardList) -> Option<DataChange> {
         let mut names: Vec<&str> = saved.sources.iter().map(|s| s.source.as_str()).collect();
         for s in &self.sources {
             if !names.contains(&s.source.as_str()) {
@@ -157,7 +142,7 @@ impl Manifest {
     /// positions ([`crate::StreamState::adopt_files`]).
     pub fn check_resume(
         &self,
-        saved: Option<&Manifest>,
+        saved: Option<&ShardList>,
         accept: bool,
     ) -> Result<Option<DataChange>> {
         let Some(saved) = saved else {
@@ -283,17 +268,17 @@ mod tests {
         let stamp = |p: &str, size| FileStamp {
             path: p.into(),
             size,
-            fingerprint: "fnv1a64:0".into(),
+            fingerprint: "sha256:0".into(),
         };
-        let manifest = |files| Manifest {
+        let list = |files| ShardList {
             sources: vec![SourceFiles {
                 source: "s".into(),
                 files,
             }],
         };
-        let saved = manifest(vec![stamp("a", 1), stamp("b", 2), stamp("c", 3)]);
+        let saved = list(vec![stamp("a", 1), stamp("b", 2), stamp("c", 3)]);
         assert!(saved.changes_since(&saved).is_none());
-        let now = manifest(vec![stamp("a", 1), stamp("c", 4), stamp("d", 5)]);
+        let now = list(vec![stamp("a", 1), stamp("c", 4), stamp("d", 5)]);
         let change = now.changes_since(&saved).expect("a change");
         assert_eq!(
             change.to_string(),
