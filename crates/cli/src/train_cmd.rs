@@ -2,6 +2,9 @@
 //! `corenet launch`, srun) the RANK/WORLD_SIZE/… or SLURM_* variables make it one rank of a
 //! data-parallel run. `--corenet-config FILE` reads CoreNet's YAML instead of a recipe;
 //! `--dry-run` checks everything and takes one optimizer step without writing anything.
+//!
+//! Exit status: 0 when the step budget (or `--stop-at`) is reached, 128 + the signal (130,
+//! 143) when SIGINT/SIGTERM stopped the run after its checkpoint, 1 on an error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,8 +33,10 @@ pub struct TrainArgs {
     /// WORLD_SIZE, else 1).
     #[arg(long, requires = "dry_run")]
     world_size: Option<usize>,
-    /// `auto` (newest checkpoint that verifies, else fresh), `none` (fresh; refused if the run
-    /// directory already has checkpoints) or a checkpoint directory.
+    /// `auto` (newest checkpoint that verifies, newer failing ones moved to quarantine/; fresh
+    /// when there are none; refused when checkpoints exist but none verifies), `none` (fresh;
+    /// refused while a valid checkpoint exists, failing ones moved to quarantine/) or a
+    /// checkpoint directory.
     #[arg(long, default_value = "auto")]
     resume: String,
     /// Stop this process (with a checkpoint) at this step; the recipe's steps still set the schedule.
