@@ -787,3 +787,61 @@ fn two_ranks_report_the_per_device_mfu_of_one_rank() {
         "2-rank MFU {two} against 1-rank {one}"
     );
 }
+
+/// A shard removed between stop and resume stops a 2-rank run on both ranks with rank 0's
+/// message (rank 0 compares the files and shares the verdict) before any step, instead of one
+/// rank training on while the other waits.
+#[test]
+fn a_removed_shard_stops_every_rank_alike_on_resume() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    let _machine = machine_shared();
+    let test = "a_removed_shard_stops_every_rank_alike_on_resume";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = dir.path().join("a2.jsonl");
+    let tree = {
+        let base = base(dir.path());
+        std::fs::copy(dir.path().join("a.jsonl"), &extra).expect("copy");
+        let glob = format!(
+            "data.sources.0.paths=[{}]",
+            dir.path().join("a*.jsonl").display()
+        );
+        recipe_tree(&base, &[&glob])
+    };
+    let stop = |_: usize| HashMap::from([(STOP_AT_VAR, "3".to_string())]);
+    train_2_ranks(test, dir.path(), &tree, stop, 3);
+    std::fs::remove_file(&extra).expect("remove");
+
+    let auto = |_: usize| HashMap::from([(RESUME_VAR, "auto".to_string())]);
+    let results = spawn_ranks(test, dir.path(), &tree, 2, auto).wait(Duration::from_secs(240));
+    let messages: Vec<String> = results
+        .iter()
+        .enumerate()
+        .map(|(rank, r)| {
+            assert_eq!(r.code, Some(3), "rank {rank}: {}\n{}", r.stdout, r.stderr);
+            let marker = format!("DDP_ERR rank {rank}:");
+            let message = r
+                .stdout
+                .split_once(&marker)
+                .and_then(|(_, rest)| rest.lines().next())
+                .unwrap_or_else(|| panic!("rank {rank} reports the error: {}", r.stdout));
+            assert!(
+                message.contains("a2.jsonl") && message.contains("removed"),
+                "{message}"
+            );
+            message.to_string()
+        })
+        .collect();
+    // Rank 1 relays rank 0's verdict ("… rank 0 failed: <the same message>").
+    assert!(
+        messages[1].contains("rank 0 failed") && messages[1].ends_with(&messages[0]),
+        "{messages:?}"
+    );
+    let steps: Vec<u64> = read_metrics(dir.path().join("run/metrics.jsonl"))
+        .expect("metrics")
+        .iter()
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(steps, [1, 2, 3], "no step was taken on the changed data");
+}
