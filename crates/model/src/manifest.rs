@@ -73,12 +73,33 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// the manifest. Errors name the failing file. Files not in the manifest are ignored.
 pub fn verify(dir: &Path) -> Result<Manifest> {
     let manifest = read_manifest(dir)?;
+    check_files(dir, &manifest, manifest.files.keys().map(String::as_str))?;
+    Ok(manifest)
+}
+
+/// Checks only the files named (each must be listed in the manifest): a loader that reads the
+/// weights need not hash the optimizer state, twice their size.
+pub fn verify_files<'a>(dir: &Path, names: impl IntoIterator<Item = &'a str>) -> Result<Manifest> {
+    let manifest = read_manifest(dir)?;
+    check_files(dir, &manifest, names)?;
+    Ok(manifest)
+}
+
+fn check_files<'a>(
+    dir: &Path,
+    manifest: &Manifest,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
     let file_err = |file: &str, reason: String| Error::CheckpointFile {
         dir: dir.to_path_buf(),
         file: file.to_string(),
         reason,
     };
-    for (name, want) in &manifest.files {
+    for name in names {
+        let want = manifest
+            .files
+            .get(name)
+            .ok_or_else(|| file_err(name, "not listed in the manifest".into()))?;
         let path = safe_join(dir, name).map_err(|reason| file_err(name, reason))?;
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
@@ -105,7 +126,7 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
             ));
         }
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// Size and SHA-256 of the file at `path`.

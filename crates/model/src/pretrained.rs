@@ -87,7 +87,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Checks what can be checked of a folder before its weights are trusted: a corenet checkpoint
 /// (it has `model_config.json`) must carry a `manifest.json` whose sizes and SHA-256 digests
 /// match; an HF folder has no manifest, so its files are checked as they are read (safetensors
-/// header, shapes, finite values; see [`copy_tensors`]). Returns whether a manifest was verified.
+/// header, shapes, finite values; see [`copy_tensors`]). Only the files a load reads are hashed
+/// (config and weights, not the optimizer state). Returns whether a manifest was verified.
 pub fn verify_folder(dir: &Path) -> Result<bool> {
     if !dir.exists() {
         return Err(Error::Checkpoint {
@@ -102,7 +103,16 @@ pub fn verify_folder(dir: &Path) -> Result<bool> {
         });
     }
     if dir.join(MANIFEST_FILE).exists() {
-        crate::manifest::verify(dir)?;
+        // What loading reads: the config and the weight files (not the optimizer state).
+        let config = [CONFIG_FILE, MODEL_CONFIG_FILE, INDEX_FILE]
+            .into_iter()
+            .filter(|f| dir.join(f).is_file())
+            .map(str::to_string);
+        let weights = weight_files(dir)?
+            .into_iter()
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string));
+        let names: Vec<String> = config.chain(weights).collect();
+        crate::manifest::verify_files(dir, names.iter().map(String::as_str))?;
         return Ok(true);
     }
     if dir.join(MODEL_CONFIG_FILE).is_file() && !dir.join(CONFIG_FILE).is_file() {
