@@ -4,26 +4,18 @@
 //! field, and resuming the run's own checkpoint wins over --init-from.
 
 mod common;
+mod run_recipe;
 
 use std::path::Path;
 
 use corenet_model::hf::export_hf;
 use corenet_model::OpenElm;
-use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
 use serde_json::Value;
 use tch::{nn, Device};
 
 fn recipe(base: &Value, dir: &Path, name: &str, sets: &[&str]) -> Recipe {
-    let mut tree = base.clone();
-    let run_dir = format!("run.dir={}", dir.join(name).display());
-    for s in std::iter::once(run_dir.as_str()).chain(sets.iter().copied()) {
-        Override::parse(s)
-            .expect("override")
-            .apply(&mut tree)
-            .expect("apply");
-    }
-    Recipe::from_value(tree).expect("recipe")
+    run_recipe::in_run_dir(base, dir, name, sets)
 }
 
 fn options(resume: Resume, init_from: &Path, stop_at: Option<u64>) -> TrainOptions {

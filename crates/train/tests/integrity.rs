@@ -4,25 +4,17 @@
 //! ignores where a run lives.
 
 mod common;
+mod run_recipe;
 
 use std::path::{Path, PathBuf};
 
 use corenet_train::checkpoint::run_lock::LOCK_FILE;
 use corenet_train::checkpoint::store::{CheckpointStore, LATEST, QUARANTINE_DIR};
-use corenet_train::recipe::overrides::Override;
 use corenet_train::{Error, Recipe, Resume, TrainOptions, Trainer};
 use serde_json::Value;
 
 fn recipe(base: &Value, dir: &Path, name: &str, sets: &[&str]) -> Recipe {
-    let mut tree = base.clone();
-    let run_dir = format!("run.dir={}", dir.join(name).display());
-    for s in std::iter::once(run_dir.as_str()).chain(sets.iter().copied()) {
-        Override::parse(s)
-            .expect("override")
-            .apply(&mut tree)
-            .expect("apply");
-    }
-    Recipe::from_value(tree).expect("recipe")
+    run_recipe::in_run_dir(base, dir, name, sets)
 }
 
 fn options(resume: Resume, stop_at: Option<u64>) -> TrainOptions {

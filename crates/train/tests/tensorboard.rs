@@ -3,6 +3,7 @@
 //! check needs the reference venv; `CORENET_REQUIRE_REFERENCE` makes its absence a failure).
 
 mod common;
+mod run_recipe;
 mod tensorboard_reader;
 
 use std::path::{Path, PathBuf};
@@ -178,15 +179,43 @@ fn python_with_tensorboard() -> Option<PathBuf> {
     None
 }
 
-#[test]
-fn tensorboards_own_reader_accepts_our_file() {
-    let Some(python) = python_with_tensorboard() else {
+/// The python for a live check, or `None` after saying the check is skipped (a failure when
+/// CORENET_REQUIRE_REFERENCE is set).
+fn reference_python(check: &str) -> Option<PathBuf> {
+    let python = python_with_tensorboard();
+    if python.is_none() {
         assert!(
             std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
             "no python with the tensorboard package, and CORENET_REQUIRE_REFERENCE is set"
         );
-        eprintln!("SKIP: no python with the tensorboard package; TensorBoard-reader check not run");
-        tracing::warn!("no python with the tensorboard package; TensorBoard-reader check skipped");
+        eprintln!("SKIP: no python with the tensorboard package; {check} check not run");
+        tracing::warn!(
+            check,
+            "no python with the tensorboard package; check skipped"
+        );
+    }
+    python
+}
+
+/// What `script` prints when run with `arg`; a python failure fails the test with its stderr.
+fn python_stdout(python: &Path, script: &str, arg: &Path) -> Vec<u8> {
+    let output = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(arg)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[test]
+fn tensorboards_own_reader_accepts_our_file() {
+    let Some(python) = reference_python("TensorBoard-reader") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -212,19 +241,8 @@ for ev in EventFileLoader(sys.argv[1]).Load():
             out.append({"step": ev.step, "tag": v.tag, "value": value, "plugin": plugin})
 print(json.dumps(out))
 "#;
-    let output = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(&path)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let got: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).expect("json from python");
+        serde_json::from_slice(&python_stdout(&python, script, &path)).expect("json from python");
     assert_eq!(got[0]["file_version"], FILE_VERSION);
 
     let ours = read_events(&path).expect("read back");
@@ -254,17 +272,12 @@ print(json.dumps(out))
 
 fn train_in(
     base: &serde_json::Value,
-    run_dir: &Path,
+    dir: &Path,
+    name: &str,
     resume: corenet_train::Resume,
     stop_at: Option<u64>,
 ) {
-    let mut tree = base.clone();
-    let set = format!("run.dir={}", run_dir.display());
-    corenet_train::recipe::overrides::Override::parse(&set)
-        .expect("override")
-        .apply(&mut tree)
-        .expect("apply");
-    let recipe = corenet_train::Recipe::from_value(tree).expect("recipe");
+    let recipe = run_recipe::in_run_dir(base, dir, name, &[]);
     let options = corenet_train::TrainOptions {
         resume,
         stop_at,
@@ -293,9 +306,21 @@ fn after_a_crash_and_resume_tensorboard_sees_each_step_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = common::setup(dir.path());
     let run = dir.path().join("crashed");
-    train_in(&base, &run, corenet_train::Resume::Fresh, Some(8));
+    train_in(
+        &base,
+        dir.path(),
+        "crashed",
+        corenet_train::Resume::Fresh,
+        Some(8),
+    );
     std::fs::remove_dir_all(run.join("checkpoints/step-00000008")).expect("remove");
-    train_in(&base, &run, corenet_train::Resume::Auto, None);
+    train_in(
+        &base,
+        dir.path(),
+        "crashed",
+        corenet_train::Resume::Auto,
+        None,
+    );
     let tb = run.join("tb");
     let files = event_files(&tb);
     assert_eq!(files.len(), 2, "{files:?}");
@@ -306,7 +331,13 @@ fn after_a_crash_and_resume_tensorboard_sees_each_step_once() {
         (start.step, start.session_log.map(|s| s.status)),
         (5, Some(corenet_train::log::tensorboard::SESSION_START))
     );
-    train_in(&base, &run, corenet_train::Resume::Auto, None);
+    train_in(
+        &base,
+        dir.path(),
+        "crashed",
+        corenet_train::Resume::Auto,
+        None,
+    );
     assert_eq!(
         event_files(&tb).len(),
         2,
@@ -318,12 +349,7 @@ fn after_a_crash_and_resume_tensorboard_sees_each_step_once() {
     let want: Vec<(u64, f32)> = metrics.iter().map(|m| (m.step, m.loss as f32)).collect();
     assert_eq!(want.len(), 12);
 
-    let Some(python) = python_with_tensorboard() else {
-        assert!(
-            std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
-            "no python with the tensorboard package, and CORENET_REQUIRE_REFERENCE is set"
-        );
-        eprintln!("SKIP: no python with the tensorboard package; EventAccumulator check not run");
+    let Some(python) = reference_python("EventAccumulator") else {
         return;
     };
     // EventAccumulator is what TensorBoard's scalar dashboard reads through; it purges the
@@ -335,18 +361,8 @@ acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
 acc.Reload()
 print(json.dumps([[e.step, e.value] for e in acc.Scalars("loss/total_loss")]))
 "#;
-    let output = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(&tb)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let got: Vec<(u64, f32)> = serde_json::from_slice(&output.stdout).expect("json");
+    let got: Vec<(u64, f32)> =
+        serde_json::from_slice(&python_stdout(&python, script, &tb)).expect("json");
     assert_eq!(
         got, want,
         "TensorBoard's view equals metrics.jsonl, each step once"
