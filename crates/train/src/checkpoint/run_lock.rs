@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -21,7 +21,6 @@ pub const LOCK_FILE: &str = "corenet.lock";
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl RunLock {
@@ -62,11 +61,7 @@ impl RunLock {
             .and_then(|_| file.write_all(text.as_bytes()))
             .map_err(|e| Error::io("write", &path, e))?;
         tracing::debug!(lock = %path.display(), "run directory locked");
-        Ok(RunLock { _file: file, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(RunLock { _file: file })
     }
 }
 
