@@ -185,14 +185,14 @@ fn killed_run_resumes_to_bit_identical_weights_and_losses() {
     let a = std::fs::read(newest_model(&dir.path().join("runs/straight"))).expect("straight model");
     let b = std::fs::read(newest_model(&dir.path().join("runs/killed"))).expect("resumed model");
     assert!(a == b, "final weights differ");
-    let avg = dir.path().join("avg.safetensors");
+    let avg = dir.path().join("avg");
     let out = Command::new(corenet_bin())
         .current_dir(dir.path())
         .args([
             "checkpoint",
             "average",
             "--dir",
-            "runs/straight/checkpoints",
+            "runs/straight",
             "--last",
             "2",
             "--out",
@@ -206,7 +206,7 @@ fn killed_run_resumes_to_bit_identical_weights_and_losses() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("[24, 16]"));
-    assert!(avg.is_file());
+    assert!(avg.join("model.safetensors").is_file() && avg.join("manifest.json").is_file());
 
     let hf = dir.path().join("hf");
     let checkpoint = newest_model(&dir.path().join("runs/straight"));

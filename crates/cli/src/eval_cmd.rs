@@ -27,9 +27,10 @@ pub struct ModelArgs {
     /// A corenet checkpoint directory (model.safetensors + model_config.json) or an HF OpenELM
     /// folder (config.json + model.safetensors or a sharded index).
     model: PathBuf,
-    /// tokenizer.json or a SentencePiece tokenizer.model.
+    /// tokenizer.json or a SentencePiece tokenizer.model (default: the one in the model folder,
+    /// which checkpoints and exports carry).
     #[arg(long)]
-    tokenizer: PathBuf,
+    tokenizer: Option<PathBuf>,
     /// Rows per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -92,9 +93,10 @@ fn load(
     let (vs, model) =
         corenet_model::pretrained::open(&args.model, tch::Device::cuda_if_available())
             .with_context(|| format!("loading {}", args.model.display()))?;
-    let tokenizer = corenet_data::load_tokenizer(&args.tokenizer)?;
+    let path = args.tokenizer.as_deref().unwrap_or(&args.model);
+    let tokenizer = crate::generate_cmd::folder_tokenizer(path)?;
     check_tokenizer(tokenizer.as_ref(), model.config())
-        .with_context(|| format!("{}", args.tokenizer.display()))?;
+        .with_context(|| format!("{}", path.display()))?;
     Ok((vs, model, tokenizer))
 }
 

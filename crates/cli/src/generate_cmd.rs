@@ -1,9 +1,11 @@
 //! `corenet generate`: continue a prompt with a trained checkpoint (per-layer KV cache).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use corenet_data::TextTokenizer;
 use corenet_model::generate::{generate, SamplingConfig};
 
 #[derive(Args)]
@@ -11,9 +13,10 @@ pub struct GenerateArgs {
     /// A checkpoint directory (step-XXXXXXXX, verified against its manifest) or an HF OpenELM
     /// folder.
     checkpoint: PathBuf,
-    /// tokenizer.json or a SentencePiece tokenizer.model.
+    /// tokenizer.json or a SentencePiece tokenizer.model (default: the one in the checkpoint or
+    /// export folder).
     #[arg(long)]
-    tokenizer: PathBuf,
+    tokenizer: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value_t = 64)]
@@ -28,10 +31,28 @@ pub struct GenerateArgs {
     /// Recompute the whole sequence every token instead of using the KV cache.
     #[arg(long)]
     no_cache: bool,
+    /// Print one JSON object (prompt and new token ids, and the text) instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The tokenizer at `path`: a file, or a folder holding `tokenizer.model` or `tokenizer.json`
+/// (checkpoints carry the run's tokenizer, exports the tokenizer they ship).
+pub fn folder_tokenizer(path: &Path) -> anyhow::Result<Arc<dyn TextTokenizer>> {
+    corenet_data::load_tokenizer(path).with_context(|| {
+        match path.is_dir() {
+            true => format!(
+                "no tokenizer in {} (checkpoints written before tokenizers were carried have none); pass --tokenizer",
+                path.display()
+            ),
+            false => format!("loading the tokenizer {}", path.display()),
+        }
+    })
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let tokenizer = corenet_data::load_tokenizer(&args.tokenizer)?;
+    let tokenizer_path = args.tokenizer.as_deref().unwrap_or(&args.checkpoint);
+    let tokenizer = folder_tokenizer(tokenizer_path)?;
     // Verifies the checkpoint's manifest (or an HF folder's tensors) before using it.
     let (_vs, model) =
         corenet_model::pretrained::open(&args.checkpoint, tch::Device::cuda_if_available())
@@ -40,7 +61,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if tokenizer.vocab_size() > rows {
         anyhow::bail!(
             "{} has {} ids, the model only {rows} rows",
-            args.tokenizer.display(),
+            tokenizer_path.display(),
             tokenizer.vocab_size(),
         );
     }
@@ -56,6 +77,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let new = generate(&model, &prompt, &sampling, !args.no_cache)?;
     let ids: Vec<u32> = new.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-    println!("{}{}", args.prompt, tokenizer.decode(&ids)?);
+    let text = tokenizer.decode(&ids)?;
+    if args.json {
+        let line = serde_json::json!({ "prompt_ids": prompt, "new_ids": ids, "text": text });
+        println!("{line}");
+    } else {
+        println!("{}{text}", args.prompt);
+    }
     Ok(())
 }

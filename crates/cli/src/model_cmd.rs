@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use corenet_model::{OpenElmConfig, ParamCount};
 use serde::Serialize;
 
@@ -13,23 +13,64 @@ use crate::number::{si, thousands};
 pub enum ModelCommand {
     /// Per-layer heads, FFN widths and parameters, the total, and FLOPs per token.
     Summary(SummaryArgs),
-    /// Write a checkpoint as a Hugging Face OpenELM folder (config.json, model.safetensors,
-    /// generation_config.json).
+    /// Write a checkpoint for other tools: a complete Hugging Face folder (weights, config,
+    /// tokenizer, modeling code; loads offline with trust_remote_code), an MLX folder for
+    /// mlx-lm (optionally 4/8-bit), or a GGUF file for llama.cpp.
     Export(ExportArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Hf,
+    Mlx,
+    Gguf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GgufTypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// A checkpoint directory (step-XXXXXXXX, holding model.safetensors and model_config.json).
+    /// A checkpoint directory (step-XXXXXXXX or an averaged one; verified against its
+    /// manifest) or an HF OpenELM folder.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Output folder.
+    /// Output: a new or empty folder (hf, mlx) or a new file (gguf).
     #[arg(long)]
     out: PathBuf,
+    #[arg(long, value_enum, default_value = "hf")]
+    format: FormatArg,
+    /// The tokenizer to ship (default: the one the checkpoint carries).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Keep only the first N embedding rows (e.g. 32000: the LLaMA tokenizer's ids, as Apple's
     /// HF release; CoreNet trains with 32128).
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// Float type of the weights (hf, mlx; default f32, f16 when quantizing).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// MLX only: quantize every matrix to this many bits (4 or 8), in mlx-lm's affine layout.
+    #[arg(long)]
+    quantize: Option<u32>,
+    /// MLX only: weights per quantization group (32, 64 or 128).
+    #[arg(long, default_value_t = 64, requires = "quantize")]
+    group_size: usize,
+    /// GGUF only: tensor type of the matrices (norms stay f32); default f32.
+    #[arg(long = "type", value_enum)]
+    gguf_type: Option<GgufTypeArg>,
 }
 
 #[derive(Args)]
@@ -59,14 +100,42 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    // Verifies the checkpoint's manifest (or an HF folder's tensors) before exporting it.
-    let (_vs, model) = corenet_model::pretrained::open(&args.checkpoint, tch::Device::Cpu)
-        .with_context(|| format!("loading {}", args.checkpoint.display()))?;
-    corenet_model::hf::export_hf(&model, &args.out, args.vocab_size)?;
+    use corenet_export::{ExportOptions, FloatType, Format, GgufType, Quantization};
+    let options = ExportOptions {
+        format: match args.format {
+            FormatArg::Hf => Format::Hf,
+            FormatArg::Mlx => Format::Mlx,
+            FormatArg::Gguf => Format::Gguf,
+        },
+        vocab_size: args.vocab_size,
+        dtype: args.dtype.map(|d| match d {
+            DtypeArg::F32 => FloatType::F32,
+            DtypeArg::F16 => FloatType::F16,
+            DtypeArg::Bf16 => FloatType::Bf16,
+        }),
+        quantization: args.quantize.map(|bits| Quantization {
+            bits,
+            group_size: args.group_size,
+        }),
+        gguf_type: args.gguf_type.map(|t| match t {
+            GgufTypeArg::F32 => GgufType::F32,
+            GgufTypeArg::F16 => GgufType::F16,
+            GgufTypeArg::Q8_0 => GgufType::Q8_0,
+        }),
+    };
+    let summary = corenet_export::export(
+        &args.checkpoint,
+        args.tokenizer.as_deref(),
+        &args.out,
+        &options,
+    )
+    .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
     println!(
-        "exported {} to {}",
+        "exported {} to {} ({} vocabulary rows, tokenizer {})",
         args.checkpoint.display(),
-        args.out.display()
+        summary.out.display(),
+        summary.vocab_size,
+        summary.tokenizer.display()
     );
     Ok(())
 }

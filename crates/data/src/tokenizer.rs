@@ -103,38 +103,59 @@ impl TextTokenizer for HfTokenizer {
     }
 }
 
-/// Loads a tokenizer by file name: `*.model` is a SentencePiece model
-/// ([`crate::SentencePieceTokenizer`]), `*.json` a Hugging Face `tokenizer.json`
-/// ([`HfTokenizer`]); any other name is told apart by its first byte (`{` for JSON, `0x0A`, the
-/// first field of a `ModelProto`, for SentencePiece). A directory is searched for
+/// The two file formats a tokenizer comes in, by the name a folder gives each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// A SentencePiece `tokenizer.model` (a `ModelProto`).
+    SentencePiece,
+    /// A Hugging Face `tokenizer.json`.
+    HfJson,
+}
+
+impl TokenizerKind {
+    /// The file name a model folder (checkpoint, HF export) gives this kind.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            TokenizerKind::SentencePiece => TOKENIZER_MODEL_FILE,
+            TokenizerKind::HfJson => TOKENIZER_JSON_FILE,
+        }
+    }
+}
+
+pub const TOKENIZER_MODEL_FILE: &str = "tokenizer.model";
+pub const TOKENIZER_JSON_FILE: &str = "tokenizer.json";
+
+/// The tokenizer file `path` names and its kind: `*.model` is SentencePiece, `*.json` a Hugging
+/// Face `tokenizer.json`; any other name is told apart by its first byte (`{` for JSON, `0x0A`,
+/// the first field of a `ModelProto`, for SentencePiece). A directory is searched for
 /// `tokenizer.model`, then `tokenizer.json`.
-pub fn load_tokenizer(path: &Path) -> Result<Arc<dyn TextTokenizer>> {
+pub fn resolve_tokenizer(path: &Path) -> Result<(std::path::PathBuf, TokenizerKind)> {
     let unknown = |message: &str| Error::Tokenizer {
         context: format!("loading {}", path.display()),
         message: message.into(),
     };
     if path.is_dir() {
-        for name in ["tokenizer.model", "tokenizer.json"] {
+        for name in [TOKENIZER_MODEL_FILE, TOKENIZER_JSON_FILE] {
             let candidate = path.join(name);
             if candidate.is_file() {
-                return load_tokenizer(&candidate);
+                return resolve_tokenizer(&candidate);
             }
         }
         return Err(unknown(
             "is a directory without a tokenizer.model or tokenizer.json in it; give the tokenizer file",
         ));
     }
-    let sentencepiece = match path.extension().and_then(|e| e.to_str()) {
-        Some("model") => true,
-        Some("json") => false,
+    let kind = match path.extension().and_then(|e| e.to_str()) {
+        Some("model") => TokenizerKind::SentencePiece,
+        Some("json") => TokenizerKind::HfJson,
         _ => {
             let mut first = [0u8; 1];
             let n = std::fs::File::open(path)
                 .and_then(|mut f| std::io::Read::read(&mut f, &mut first))
                 .map_err(|e| Error::io(path, e))?;
             match (n, first[0]) {
-                (1, b'{') => false,
-                (1, 0x0A) => true,
+                (1, b'{') => TokenizerKind::HfJson,
+                (1, 0x0A) => TokenizerKind::SentencePiece,
                 _ => {
                     return Err(unknown(
                         "unknown tokenizer file type: expected `.model` (SentencePiece) or \
@@ -144,9 +165,17 @@ pub fn load_tokenizer(path: &Path) -> Result<Arc<dyn TextTokenizer>> {
             }
         }
     };
-    if sentencepiece {
-        Ok(Arc::new(crate::SentencePieceTokenizer::from_file(path)?))
-    } else {
-        Ok(Arc::new(HfTokenizer::from_file(path)?))
+    Ok((path.to_path_buf(), kind))
+}
+
+/// Loads the tokenizer `path` names ([`resolve_tokenizer`]): a SentencePiece model
+/// ([`crate::SentencePieceTokenizer`]) or a Hugging Face `tokenizer.json` ([`HfTokenizer`]).
+pub fn load_tokenizer(path: &Path) -> Result<Arc<dyn TextTokenizer>> {
+    let (file, kind) = resolve_tokenizer(path)?;
+    match kind {
+        TokenizerKind::SentencePiece => {
+            Ok(Arc::new(crate::SentencePieceTokenizer::from_file(&file)?))
+        }
+        TokenizerKind::HfJson => Ok(Arc::new(HfTokenizer::from_file(&file)?)),
     }
 }

@@ -77,6 +77,10 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// An output path cannot be written to (checked before anything is written).
+    #[error("output {path} {reason}")]
+    OutputRefused { path: PathBuf, reason: String },
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

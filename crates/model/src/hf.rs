@@ -16,11 +16,35 @@ use crate::weights::save_tensors;
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
-const BOS: u32 = 1;
-const EOS: u32 = 2;
 
-/// HF `config.json` for `config` (with `vocab_size` as given).
+/// The token ids a config names: BOS and EOS (OpenELM's LLaMA tokenizer has 1 and 2), and the
+/// padding id when the tokenizer has a padding token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: Option<u32>,
+}
+
+impl Default for SpecialIds {
+    fn default() -> Self {
+        SpecialIds {
+            bos: 1,
+            eos: 2,
+            pad: None,
+        }
+    }
+}
+
+/// HF `config.json` for `config` (with `vocab_size` as given), OpenELM's default ids, f32.
 pub fn hf_config(config: &OpenElmConfig) -> Result<Value> {
+    hf_config_with(config, SpecialIds::default(), "float32")
+}
+
+/// HF `config.json` for `config` with the tokenizer's `ids` and weights stored as `torch_dtype`
+/// (`float32`, `float16`, `bfloat16`). `auto_map` names the modeling code shipped next to it
+/// (`configuration_openelm.py`, `modeling_openelm.py`), so no Hub code is fetched.
+pub fn hf_config_with(config: &OpenElmConfig, ids: SpecialIds, torch_dtype: &str) -> Result<Value> {
     let dims = config.layers()?;
     let ffn = per_layer(
         &multiplier_values(&config.ffn_multipliers),
@@ -30,8 +54,8 @@ pub fn hf_config(config: &OpenElmConfig) -> Result<Value> {
         "architectures": ["OpenELMForCausalLM"],
         "model_type": "openelm",
         "auto_map": {
-            "AutoConfig": "apple/OpenELM-270M--configuration_openelm.OpenELMConfig",
-            "AutoModelForCausalLM": "apple/OpenELM-270M--modeling_openelm.OpenELMForCausalLM"
+            "AutoConfig": "configuration_openelm.OpenELMConfig",
+            "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"
         },
         "vocab_size": config.vocab_size,
         "max_context_length": config.max_context_length,
@@ -52,12 +76,25 @@ pub fn hf_config(config: &OpenElmConfig) -> Result<Value> {
         "rope_freq_constant": config.rope_freq_constant,
         "rope_max_length": config.rope_max_length,
         "initializer_range": 0.02,
-        "bos_token_id": BOS,
-        "eos_token_id": EOS,
+        "bos_token_id": ids.bos,
+        "eos_token_id": ids.eos,
+        "pad_token_id": ids.pad,
+        "tie_word_embeddings": config.share_input_output_layers,
         "use_cache": true,
-        "torch_dtype": "float32",
+        "torch_dtype": torch_dtype,
         "transformers_version": "4.39.3"
     }))
+}
+
+/// HF `generation_config.json` for `ids`.
+pub fn generation_config(ids: SpecialIds) -> Value {
+    json!({
+        "_from_model_config": true,
+        "bos_token_id": ids.bos,
+        "eos_token_id": ids.eos,
+        "pad_token_id": ids.pad,
+        "transformers_version": "4.39.3"
+    })
 }
 
 fn multiplier_values(m: &Multiplier) -> Vec<f64> {
@@ -167,11 +204,14 @@ pub fn read_hf_config(dir: &Path) -> Result<OpenElmConfig> {
     Ok(config)
 }
 
-/// Writes `model` as an HF OpenELM folder. With `vocab_size` smaller than the model's (CoreNet
-/// trains with 32128 rows, Apple's HF release has 32000), the embedding is cut to that many rows.
-pub fn export_hf(model: &OpenElm, dir: &Path, vocab_size: Option<usize>) -> Result<()> {
+/// `model`'s tensors under their HF names, the vocabulary cut to `rows` (CoreNet trains with
+/// 32128 rows, Apple's HF release has 32000), with the config that describes them.
+pub fn hf_tensors(
+    model: &OpenElm,
+    rows: Option<usize>,
+) -> Result<(OpenElmConfig, Vec<(String, Tensor)>)> {
     let mut config = model.config().clone();
-    let rows = vocab_size.unwrap_or(config.vocab_size);
+    let rows = rows.unwrap_or(config.vocab_size);
     if rows == 0 || rows > config.vocab_size {
         return Err(Error::config(
             "vocab_size",
@@ -182,11 +222,7 @@ pub fn export_hf(model: &OpenElm, dir: &Path, vocab_size: Option<usize>) -> Resu
         ));
     }
     config.vocab_size = rows;
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let tensors: Vec<(String, Tensor)> = model
+    let tensors = model
         .named_parameters()
         .into_iter()
         .map(|(name, t)| {
@@ -195,13 +231,28 @@ pub fn export_hf(model: &OpenElm, dir: &Path, vocab_size: Option<usize>) -> Resu
             (name, t)
         })
         .collect();
-    save_tensors(&tensors, &dir.join(WEIGHTS_FILE))?;
-    write_json(&dir.join(CONFIG_FILE), &hf_config(&config)?)?;
-    let generation = json!({ "_from_model_config": true, "bos_token_id": BOS, "eos_token_id": EOS, "transformers_version": "4.39.3" });
-    write_json(&dir.join(GENERATION_CONFIG_FILE), &generation)
+    Ok((config, tensors))
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
+/// Writes `model` as an HF OpenELM folder's weights and configs (f32, OpenELM's default ids);
+/// `corenet model export` adds the tokenizer and the modeling code. With `vocab_size` smaller
+/// than the model's, the embedding is cut to that many rows.
+pub fn export_hf(model: &OpenElm, dir: &Path, vocab_size: Option<usize>) -> Result<()> {
+    let (config, tensors) = hf_tensors(model, vocab_size)?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    save_tensors(&tensors, &dir.join(WEIGHTS_FILE))?;
+    write_json(&dir.join(CONFIG_FILE), &hf_config(&config)?)?;
+    write_json(
+        &dir.join(GENERATION_CONFIG_FILE),
+        &generation_config(SpecialIds::default()),
+    )
+}
+
+/// Writes `value` as pretty JSON with a final newline.
+pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|source| Error::Io {

@@ -24,6 +24,7 @@ pub mod preset;
 pub mod pretrained;
 pub mod rope;
 pub mod scaling;
+pub mod staged_folder;
 pub mod weights;
 
 pub use config::{Multiplier, OpenElmConfig};
@@ -33,4 +34,5 @@ pub use kv_cache::KvCache;
 pub use openelm::OpenElm;
 pub use preset::PRESETS;
 pub use scaling::LayerDims;
-pub use weights::{load_tensors, save_tensors, tensor_shapes};
+pub use staged_folder::StagedFolder;
+pub use weights::{load_tensors, save_tensors, tensor_shapes, write_safetensors, RawTensor};

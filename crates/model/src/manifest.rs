@@ -1,11 +1,13 @@
 //! A corenet checkpoint's `manifest.json`: the size and SHA-256 of every file, read back and
-//! checked before any of them is trusted. Writing manifests (with fsyncs and atomic renames) is
-//! the trainer's checkpoint store; reading and verifying them lives here so that every loader of
-//! weights — resume, `--init-from`, `generate`, `eval`, export, averaging — checks the same way.
+//! checked before any of them is trusted. [`seal`] writes one over a freshly filled folder (the
+//! trainer's checkpoint store, checkpoint averaging and exports all seal theirs the same way;
+//! the store adds the atomic renames); reading and verifying lives here too, so that every
+//! loader of weights — resume, `--init-from`, `generate`, `eval`, export, averaging — checks the
+//! same way.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -178,4 +180,102 @@ fn safe_join(dir: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
         return Err("path in manifest is not a plain relative path".into());
     }
     Ok(dir.join(rel_path))
+}
+
+/// Seals a freshly written folder: fsyncs every file and sub-directory, writes `manifest.json`
+/// (size and SHA-256 of every other file, `step`, `metadata`) and fsyncs it and the folder.
+/// Only regular files and directories are allowed: a symlink would make the manifest describe
+/// data that lives outside the folder. A writer may not have created `manifest.json` itself.
+pub fn seal(
+    dir: &Path,
+    step: u64,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Manifest> {
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        step,
+        files: digest_and_sync_tree(dir)?,
+        metadata,
+    };
+    let path = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    write_synced(&path, &json)?;
+    sync_dir(dir)?;
+    Ok(manifest)
+}
+
+/// Fsyncs a directory, so that the names created in it survive a crash (a no-op off Unix).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| io_err(dir, source))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| io_err(path, e))?;
+    f.write_all(bytes).map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))
+}
+
+fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
+    let bad = |reason: String| Error::Checkpoint {
+        dir: root.to_path_buf(),
+        reason,
+    };
+    let mut files = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for item in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let item = item.map_err(|e| io_err(&dir, e))?;
+            let path = item.path();
+            let name = item
+                .file_name()
+                .into_string()
+                .map_err(|n| bad(format!("file name {n:?} is not UTF-8")))?;
+            let rel = match prefix.is_empty() {
+                true => name,
+                false => format!("{prefix}/{name}"),
+            };
+            let kind = item.file_type().map_err(|e| io_err(&path, e))?;
+            if kind.is_dir() {
+                stack.push((path, rel));
+            } else if kind.is_file() {
+                if rel == MANIFEST_FILE {
+                    return Err(bad(format!(
+                        "the writer created `{MANIFEST_FILE}`, a name the store reserves"
+                    )));
+                }
+                // Open for writing only to fsync; some platforms refuse fsync on read-only handles.
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_err(&path, e))?;
+                f.sync_all().map_err(|e| io_err(&path, e))?;
+                files.insert(rel, digest_reader(&mut f, &path)?);
+            } else {
+                return Err(bad(format!(
+                    "`{rel}` is not a regular file or directory (symlinks are not allowed)"
+                )));
+            }
+        }
+        sync_dir(&dir)?;
+    }
+    Ok(files)
 }

@@ -154,14 +154,21 @@ pub fn tensor_from_view(path: &Path, name: &str, view: &TensorView<'_>) -> Resul
     Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
 }
 
-/// Writes named tensors to a safetensors file with `{"format": "pt"}` metadata, which several
-/// transformers versions require.
-pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let mut buffers = Vec::with_capacity(tensors.len());
-    for (name, tensor) in tensors {
+/// One tensor's bytes as a safetensors file stores them (little-endian, row-major).
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    /// A CPU copy of `tensor`'s bytes; `path` names the file in errors.
+    pub fn from_tensor(name: &str, tensor: &Tensor, path: &Path) -> Result<Self> {
         let dtype = dtype_of(tensor.kind()).ok_or_else(|| Error::UnsupportedDtype {
             path: path.to_path_buf(),
-            name: name.clone(),
+            name: name.to_string(),
             dtype: format!("{:?}", tensor.kind()),
         })?;
         let cpu = tensor.detach().to_device(Device::Cpu).contiguous();
@@ -169,20 +176,40 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         let mut data = vec![0u8; numel * cpu.kind().elt_size_in_bytes()];
         cpu.f_copy_data_u8(&mut data, numel)?;
         let shape: Vec<usize> = cpu.size().iter().map(|&s| s as usize).collect();
-        buffers.push((name.clone(), dtype, shape, data));
+        Ok(RawTensor {
+            name: name.to_string(),
+            dtype,
+            shape,
+            data,
+        })
     }
-    let views = buffers
+}
+
+/// Writes named tensors to a safetensors file with `{"format": "pt"}` metadata, which several
+/// transformers versions require.
+pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let raw = tensors
         .iter()
-        .map(|(name, dtype, shape, data)| {
-            TensorView::new(*dtype, shape.clone(), data)
-                .map(|view| (name.clone(), view))
+        .map(|(name, t)| RawTensor::from_tensor(name, t, path))
+        .collect::<Result<Vec<_>>>()?;
+    write_safetensors(&raw, "pt", path)
+}
+
+/// Writes raw tensors to a safetensors file with `{"format": format}` metadata (`pt` for
+/// PyTorch readers, `mlx` for MLX).
+pub fn write_safetensors(tensors: &[RawTensor], format: &str, path: &Path) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .map(|view| (t.name.clone(), view))
                 .map_err(|e| Error::SafeTensors {
                     path: path.to_path_buf(),
-                    message: format!("tensor `{name}`: {e}"),
+                    message: format!("tensor `{}`: {e}", t.name),
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let metadata = HashMap::from([("format".to_string(), format.to_string())]);
     // safetensors writes a private (0600) temporary file and renames it into place. Weights are
     // shared with teammates like every other file of a run, so they get the mode a plain create
     // under this process's umask gives: taken from creating the file first, restored after.

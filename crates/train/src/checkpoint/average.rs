@@ -1,13 +1,74 @@
 //! Checkpoint averaging: the mean of several model files, accumulated in f64 and cast back to
 //! each tensor's dtype (as CoreNet's `average_ckpts`; Apple's released OpenELM weights are the
-//! average of the last 5 checkpoints).
+//! average of the last 5 checkpoints). The result is a checkpoint folder of its own — weights,
+//! model config, tokenizer and manifest — that `generate`, `eval`, `model export` and
+//! `--init-from` accept like any other.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use corenet_data::TokenizerKind;
+use corenet_model::manifest::Manifest;
+use corenet_model::StagedFolder;
 use tch::{Kind, Tensor};
 
+use crate::checkpoint::contents::{MODEL_CONFIG_FILE, MODEL_FILE};
 use crate::error::{Error, Result};
+
+/// A checkpoint to average: its folder and step.
+#[derive(Debug, Clone)]
+pub struct AverageInput {
+    pub dir: PathBuf,
+    pub step: u64,
+}
+
+/// Averages the model weights of `inputs` (newest first) into a new checkpoint folder `out`
+/// (absent or empty; written whole or not at all). The model config and tokenizer come from
+/// the newest input, and every input's model config must equal it; the manifest records the
+/// newest step and every averaged step.
+pub fn average_checkpoints(inputs: &[AverageInput], out: &Path) -> Result<Manifest> {
+    let newest = inputs
+        .first()
+        .ok_or_else(|| Error::config("checkpoint average", "no checkpoints to average"))?;
+    let config_path = newest.dir.join(MODEL_CONFIG_FILE);
+    let config = std::fs::read(&config_path).map_err(|e| Error::io("read", &config_path, e))?;
+    for input in &inputs[1..] {
+        let path = input.dir.join(MODEL_CONFIG_FILE);
+        let other = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        if parse_json(&path, &other)? != parse_json(&config_path, &config)? {
+            return Err(Error::Checkpoint {
+                dir: input.dir.clone(),
+                reason: format!(
+                    "its {MODEL_CONFIG_FILE} differs from {}'s: checkpoints of different models cannot be averaged",
+                    newest.dir.display()
+                ),
+            });
+        }
+    }
+    let staged = StagedFolder::create(out)?;
+    let files: Vec<PathBuf> = inputs.iter().map(|i| i.dir.join(MODEL_FILE)).collect();
+    average_model_files(&files, &staged.path().join(MODEL_FILE))?;
+    let target = staged.path().join(MODEL_CONFIG_FILE);
+    std::fs::write(&target, &config).map_err(|e| Error::io("write", &target, e))?;
+    for kind in [TokenizerKind::HfJson, TokenizerKind::SentencePiece] {
+        let from = newest.dir.join(kind.file_name());
+        if from.is_file() {
+            let to = staged.path().join(kind.file_name());
+            std::fs::copy(&from, &to).map_err(|e| Error::io("copy", &from, e))?;
+        }
+    }
+    let mut metadata = serde_json::Map::new();
+    let steps: Vec<u64> = inputs.iter().map(|i| i.step).collect();
+    metadata.insert("averaged_steps".into(), steps.into());
+    Ok(staged.commit(newest.step, metadata)?)
+}
+
+fn parse_json(path: &Path, bytes: &[u8]) -> Result<serde_json::Value> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// Averages the model files `paths` (same tensor names and shapes) into `out`.
 pub fn average_model_files(paths: &[PathBuf], out: &Path) -> Result<()> {

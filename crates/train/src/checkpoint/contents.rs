@@ -1,14 +1,16 @@
 //! What a checkpoint holds: `model.safetensors` (HF tensor names), `optimizer.safetensors`
-//! (per-parameter AdamW state), the model's config, and `train_state.json` — counters, the
-//! data-stream position and the recipe hash (and, for data-parallel runs, every rank's
-//! data-stream position).
+//! (per-parameter AdamW state), the model's config, the run's tokenizer (`tokenizer.json` or
+//! `tokenizer.model`, byte for byte), and `train_state.json` — counters, the data-stream
+//! position and the recipe hash (and, for data-parallel runs, every rank's data-stream
+//! position). With model, config and tokenizer inside, a checkpoint is exported, evaluated or
+//! sampled from on its own.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use corenet_data::StreamState;
+use corenet_data::{resolve_tokenizer, StreamState, TokenizerKind};
 use corenet_model::OpenElm;
 
 use crate::error::{Error, Result};
@@ -63,16 +65,41 @@ impl TrainState {
     }
 }
 
-/// Writes model, optimizer and state into `dir` (a fresh checkpoint directory).
+/// The run's tokenizer file, read once when the run starts: every checkpoint then carries the
+/// tokenizer its ids came from, even if the file is edited or removed during the run.
+#[derive(Debug, Clone)]
+pub struct TokenizerFile {
+    pub kind: TokenizerKind,
+    pub bytes: Vec<u8>,
+}
+
+impl TokenizerFile {
+    /// Reads the tokenizer `path` names (a file, or a folder holding one).
+    pub fn read(path: &Path) -> Result<Self> {
+        let (file, kind) = resolve_tokenizer(path)?;
+        let bytes = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
+        Ok(TokenizerFile { kind, bytes })
+    }
+
+    /// Writes the file into `dir` under its kind's name (`tokenizer.json` or `tokenizer.model`).
+    pub fn write_into(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(self.kind.file_name());
+        std::fs::write(&path, &self.bytes).map_err(|e| Error::io("write", &path, e))
+    }
+}
+
+/// Writes model, optimizer, tokenizer and state into `dir` (a fresh checkpoint directory).
 pub fn write_checkpoint(
     dir: &Path,
     model: &OpenElm,
     optimizer_tensors: &[(String, Tensor)],
+    tokenizer: &TokenizerFile,
     state: &TrainState,
 ) -> Result<()> {
     model.save_safetensors(&dir.join(MODEL_FILE))?;
     corenet_model::save_tensors(optimizer_tensors, &dir.join(OPTIMIZER_FILE))?;
     write_json(&dir.join(MODEL_CONFIG_FILE), model.config())?;
+    tokenizer.write_into(dir)?;
     write_json(&dir.join(STATE_FILE), state)
 }
 

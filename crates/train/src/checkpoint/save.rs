@@ -8,7 +8,7 @@ use tch::Tensor;
 use corenet_data::StreamState;
 use corenet_model::OpenElm;
 
-use crate::checkpoint::contents::{write_checkpoint, TrainState};
+use crate::checkpoint::contents::{write_checkpoint, TokenizerFile, TrainState};
 use crate::checkpoint::store::CheckpointStore;
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
@@ -20,12 +20,19 @@ pub(crate) fn save_checkpoint(
     store: &CheckpointStore,
     model: &OpenElm,
     optim: &Optimizer,
+    tokenizer: &TokenizerFile,
     dp: Option<&DataParallel>,
     state: &TrainState,
 ) -> Result<()> {
     let optimizer = optim.checkpoint_tensors(dp)?;
     let Some(dp) = dp else {
-        return write(store, model, state, &optimizer.unwrap_or_default());
+        return write(
+            store,
+            model,
+            tokenizer,
+            state,
+            &optimizer.unwrap_or_default(),
+        );
     };
     let own = state.data.to_json()?;
     let gathered = dp.gather_to_root("data_state", own.as_bytes())?;
@@ -46,6 +53,7 @@ pub(crate) fn save_checkpoint(
         write(
             store,
             model,
+            tokenizer,
             &state,
             optimizer.as_deref().unwrap_or_default(),
         )
@@ -66,6 +74,7 @@ pub(crate) fn save_checkpoint(
 fn write(
     store: &CheckpointStore,
     model: &OpenElm,
+    tokenizer: &TokenizerFile,
     state: &TrainState,
     optimizer: &[(String, Tensor)],
 ) -> Result<()> {
@@ -76,7 +85,7 @@ fn write(
     }
     // The store logs the save once it is durable.
     store.save(state.step, metadata, |dir| {
-        write_checkpoint(dir, model, optimizer, state)
+        write_checkpoint(dir, model, optimizer, tokenizer, state)
     })?;
     Ok(())
 }

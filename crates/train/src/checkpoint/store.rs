@@ -18,8 +18,6 @@
 //! half-written `step-*` directory. One process (rank 0) owns a root at a time: the store
 //! removes leftover temporary directories, which would break a concurrent writer.
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -133,19 +131,7 @@ impl CheckpointStore {
             source: Box::new(source),
         })?;
 
-        let manifest = Manifest {
-            format_version: MANIFEST_FORMAT_VERSION,
-            step,
-            files: digest_and_sync_tree(&tmp)?,
-            metadata,
-        };
-        let manifest_path = tmp.join(MANIFEST_FILE);
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Json {
-            path: manifest_path.clone(),
-            source,
-        })?;
-        write_synced(&manifest_path, &json)?;
-        sync_dir(&tmp)?;
+        let manifest = corenet_model::manifest::seal(&tmp, step, metadata)?;
 
         let dir = self.dir_for(step);
         if dir.exists() {
@@ -398,18 +384,9 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
     })
 }
 
-/// Makes a directory's entries (creations, renames) durable. POSIX needs an fsync of the
-/// directory itself for that; elsewhere opening a directory is not possible and this is a no-op.
+/// Makes a directory's entries (creations, renames) durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("fsync directory", dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    Ok(corenet_model::manifest::sync_dir(dir)?)
 }
 
 fn remove_file_if_exists(path: &Path) -> Result<()> {
@@ -424,75 +401,12 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     Ok(corenet_model::manifest::read_manifest(dir)?)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = File::create(path).map_err(|e| Error::io("create", path, e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io("write", path, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", path, e))
-}
-
-/// Walks the freshly written tree: fsyncs every file and sub-directory, and digests every file.
-/// Only regular files and directories are allowed: a symlink would make the manifest describe
-/// data that lives outside the checkpoint.
-fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for item in std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
-            let item = item.map_err(|e| Error::io("list", &dir, e))?;
-            let path = item.path();
-            let name = item
-                .file_name()
-                .into_string()
-                .map_err(|n| Error::Checkpoint {
-                    dir: root.to_path_buf(),
-                    reason: format!("file name {n:?} is not UTF-8"),
-                })?;
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let kind = item.file_type().map_err(|e| Error::io("stat", &path, e))?;
-            if kind.is_dir() {
-                stack.push((path, rel));
-            } else if kind.is_file() {
-                if rel == MANIFEST_FILE {
-                    return Err(Error::Checkpoint {
-                        dir: root.to_path_buf(),
-                        reason: format!(
-                            "the writer created `{MANIFEST_FILE}`, a name the store reserves"
-                        ),
-                    });
-                }
-                // Open for writing only to fsync; some platforms refuse fsync on read-only handles.
-                let mut f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| Error::io("open", &path, e))?;
-                f.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
-                files.insert(rel, corenet_model::manifest::digest_reader(&mut f, &path)?);
-            } else {
-                return Err(Error::Checkpoint {
-                    dir: root.to_path_buf(),
-                    reason: format!(
-                        "`{rel}` is not a regular file or directory (symlinks are not allowed)"
-                    ),
-                });
-            }
-        }
-        sync_dir(&dir)?;
-    }
-    Ok(files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
     use sha2::{Digest, Sha256};
+    use std::collections::BTreeMap;
 
     fn meta(recipe_hash: &str) -> serde_json::Map<String, serde_json::Value> {
         let mut m = serde_json::Map::new();

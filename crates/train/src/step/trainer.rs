@@ -26,7 +26,7 @@ use corenet_data::{load_tokenizer, DataStream};
 use corenet_ffi::Readback;
 use corenet_model::OpenElm;
 
-use crate::checkpoint::contents::TrainState;
+use crate::checkpoint::contents::{TokenizerFile, TrainState};
 use crate::checkpoint::data_files::agree_data_files;
 use crate::checkpoint::resume::{check_resume_path, choose_checkpoint, restore, Resume};
 use crate::checkpoint::run_lock::RunLock;
@@ -154,6 +154,8 @@ pub struct Trainer {
     log: RunLog,
     /// Held for the trainer's life (rank 0): one writer per run directory.
     _locks: Vec<RunLock>,
+    /// Copied into every checkpoint.
+    tokenizer_file: TokenizerFile,
 }
 
 impl Trainer {
@@ -168,6 +170,7 @@ impl Trainer {
         let accumulation = recipe.accumulation(world)?;
         recipe.validate_files()?;
         let tokenizer = load_tokenizer(&recipe.data.tokenizer)?;
+        let tokenizer_file = TokenizerFile::read(&recipe.data.tokenizer)?;
         let pad_id = recipe.check_vocabulary(tokenizer.as_ref())?;
         if let Some(threads) = recipe.trainer.threads {
             tch::set_num_threads(threads as i32);
@@ -324,6 +327,7 @@ impl Trainer {
             stop,
             log,
             _locks: locks,
+            tokenizer_file,
         })
     }
 
@@ -518,6 +522,7 @@ impl Trainer {
             &self.store,
             &self.model,
             &self.optim,
+            &self.tokenizer_file,
             self.dp.as_ref(),
             &self.state,
         )?;

@@ -1,0 +1,5 @@
+include!("../build/libtorch.rs");
+
+fn main() {
+    libtorch_link();
+}

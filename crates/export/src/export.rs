@@ -1,0 +1,179 @@
+//! `corenet model export`: one checkpoint (or HF folder) to one target, verified on the way in
+//! and written whole or not at all on the way out. Options, the target, the tokenizer and
+//! every tensor's shape are checked before the first byte is written.
+
+use std::path::{Path, PathBuf};
+
+use corenet_model::manifest::{read_manifest, MANIFEST_FILE};
+use corenet_model::{staged_folder::check_target, StagedFolder};
+
+use crate::error::{Error, Result};
+use crate::gguf_file::{plan_gguf, write_gguf};
+use crate::hf_folder::{export_tensors, write_hf_folder};
+use crate::mlx_folder::{check_quantization, write_mlx_folder};
+use crate::options::{ExportOptions, Format, GgufType};
+use crate::shipped_tokenizer::ShippedTokenizer;
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    pub out: PathBuf,
+    /// The tokenizer file shipped with it.
+    pub tokenizer: PathBuf,
+    /// Embedding rows written.
+    pub vocab_size: usize,
+}
+
+/// Exports `checkpoint` to `out` as `options` say; `tokenizer` overrides the one the
+/// checkpoint carries.
+pub fn export(
+    checkpoint: &Path,
+    tokenizer: Option<&Path>,
+    out: &Path,
+    options: &ExportOptions,
+) -> Result<ExportSummary> {
+    options.validate()?;
+    match options.format {
+        Format::Gguf => check_file_target(out)?,
+        Format::Hf | Format::Mlx => check_target(out)?,
+    }
+    let shipped = ShippedTokenizer::find(checkpoint, tokenizer)?;
+    // Verifies the checkpoint's manifest (or an HF folder's tensors) before reading weights.
+    let (_vs, model) = corenet_model::pretrained::open(checkpoint, tch::Device::Cpu)?;
+    let (config, tensors) = export_tensors(&model, options.vocab_size)?;
+    if shipped.vocab_size > config.vocab_size {
+        return Err(Error::option(
+            "vocab-size",
+            format!(
+                "{} rows cannot hold the ids of {} ({} ids)",
+                config.vocab_size,
+                shipped.source.display(),
+                shipped.vocab_size
+            ),
+        ));
+    }
+    let step = source_step(checkpoint);
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(
+        "exported_from".into(),
+        checkpoint.display().to_string().into(),
+    );
+    match options.format {
+        Format::Hf => {
+            let staged = StagedFolder::create(out)?;
+            write_hf_folder(
+                staged.path(),
+                &config,
+                &tensors,
+                options.float_type(),
+                &shipped,
+            )?;
+            metadata.insert("format".into(), "hf".into());
+            staged.commit(step, metadata)?;
+        }
+        Format::Mlx => {
+            if let Some(q) = options.quantization {
+                check_quantization(&tensors, q)?;
+            }
+            let staged = StagedFolder::create(out)?;
+            write_mlx_folder(
+                staged.path(),
+                &config,
+                &tensors,
+                options.float_type(),
+                options.quantization,
+                &shipped,
+            )?;
+            metadata.insert("format".into(), "mlx".into());
+            staged.commit(step, metadata)?;
+        }
+        Format::Gguf => {
+            let ty = options.gguf_type.unwrap_or(GgufType::F32);
+            let plan = plan_gguf(&config, &tensors, ty)?;
+            let name = out
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "openelm".into());
+            let staged = StagedFile::new(out)?;
+            write_gguf(staged.path(), &config, plan, ty, &shipped, &name)?;
+            staged.commit()?;
+        }
+    }
+    tracing::info!(out = %out.display(), tokenizer = %shipped.source.display(), "exported");
+    Ok(ExportSummary {
+        out: out.to_path_buf(),
+        tokenizer: shipped.source,
+        vocab_size: config.vocab_size,
+    })
+}
+
+/// The training step a checkpoint's manifest records (0 for an HF folder without one).
+fn source_step(checkpoint: &Path) -> u64 {
+    match checkpoint.join(MANIFEST_FILE).is_file() {
+        true => read_manifest(checkpoint).map(|m| m.step).unwrap_or(0),
+        false => 0,
+    }
+}
+
+/// A single output file must be new.
+fn check_file_target(out: &Path) -> Result<()> {
+    if out.exists() {
+        return Err(Error::option(
+            "out",
+            format!("{} exists; give a new file name", out.display()),
+        ));
+    }
+    if out.file_name().is_none() {
+        return Err(Error::option(
+            "out",
+            format!("{} is not a file name", out.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// A file written under a hidden name next to its target and renamed into place at the end;
+/// removed if dropped before.
+struct StagedFile {
+    target: PathBuf,
+    staging: Option<PathBuf>,
+}
+
+impl StagedFile {
+    fn new(target: &Path) -> Result<Self> {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io("create directory", &parent, e))?;
+        Ok(StagedFile {
+            target: target.to_path_buf(),
+            staging: Some(parent.join(format!(".{name}.partial"))),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.staging.as_deref().unwrap_or(&self.target)
+    }
+
+    fn commit(mut self) -> Result<()> {
+        if let Some(staging) = self.staging.take() {
+            std::fs::rename(&staging, &self.target)
+                .map_err(|e| Error::io("rename", &self.target, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(staging) = self.staging.take() {
+            let _ = std::fs::remove_file(staging);
+        }
+    }
+}
