@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-REMOTE_CODE = os.path.join(ROOT, "crates", "model", "hf")
+REMOTE_CODE = os.path.join(ROOT, "crates", "export", "hf")
 sys.path.insert(0, HERE)
 import openelm_reference as ref  # noqa: E402
 

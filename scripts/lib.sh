@@ -267,6 +267,7 @@ ensure_corpus() {
 ensure_reference_venv() {
     local check="import torch, numpy, safetensors, tensorboard, sentencepiece"
     if [[ -x "$REF_VENV/bin/python" ]] && "$REF_VENV/bin/python" -c "$check" >/dev/null 2>&1; then
+        ensure_export_clients
         return 0
     fi
     [[ -x "$REF_VENV/bin/python" ]] || make_venv "$REF_VENV"
@@ -281,6 +282,21 @@ ensure_reference_venv() {
     # An installed 2.11.0+cpu satisfies torch==2.11.0; pip then adds only its dependencies.
     pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" \
         numpy safetensors tensorboard sentencepiece
+    ensure_export_clients
+}
+
+# The clients the exports are checked in (tests/export_clients.rs), none written here:
+# transformers (+ accelerate, which lm-eval's hf backend imports), mlx-lm on MLX's CPU build,
+# the gguf package and lm-eval. They share the reference venv and its torch. Pinned to the
+# versions docs/export.md records as verified.
+EXPORT_CLIENTS=(transformers==5.24.0 accelerate==1.15.0 "mlx[cpu]==0.32.4" mlx-lm==0.32.2 gguf==0.19.0 lm-eval==0.4.13)
+ensure_export_clients() {
+    local check="import transformers, accelerate, mlx.core, mlx_lm, gguf, lm_eval"
+    if "$REF_VENV/bin/python" -c "$check" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "reference venv: the export clients (${EXPORT_CLIENTS[*]})"
+    pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "${EXPORT_CLIENTS[@]}"
 }
 
 ref_torch_installed() {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{bail, ensure, Context, Result};
-use corenet_e2e::{corenet_bin, workspace_root};
+use corenet_e2e::{corenet_bin, reference_python_with as python_with, workspace_root};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -114,26 +114,6 @@ fn corenet_fails(dir: &Path, args: &[&str]) -> Result<String> {
         .output()?;
     ensure!(!out.status.success(), "corenet {args:?} succeeded");
     Ok(String::from_utf8(out.stderr)?)
-}
-
-/// The reference venv's python when it holds `modules`; None (a skip) otherwise, unless
-/// CORENET_REQUIRE_REFERENCE makes the absence a failure.
-fn python_with(modules: &str) -> Option<PathBuf> {
-    let python = workspace_root().join(".venv-ref/bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
-        "no .venv-ref with {modules}, and CORENET_REQUIRE_REFERENCE is set (scripts/setup.sh --reference)"
-    );
-    eprintln!("skipped: no .venv-ref with {modules} (scripts/setup.sh --reference)");
-    None
 }
 
 /// Runs scripts/export_clients.py with `args` in `python`; its one line of JSON.

@@ -96,3 +96,23 @@ pub fn reference_tool(name: &str) -> Option<PathBuf> {
     eprintln!("skipped: no {name} (run scripts/setup.sh --reference)");
     None
 }
+
+/// The reference venv's python (`.venv-ref`) when it imports `modules`; None (the caller skips)
+/// otherwise, unless CORENET_REQUIRE_REFERENCE makes the absence a failure.
+pub fn reference_python_with(modules: &str) -> Option<PathBuf> {
+    let python = workspace_root().join(".venv-ref/bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CORENET_REQUIRE_REFERENCE").is_none(),
+        "no .venv-ref with {modules}, and CORENET_REQUIRE_REFERENCE is set (scripts/setup.sh --reference)"
+    );
+    eprintln!("skipped: no .venv-ref with {modules} (scripts/setup.sh --reference)");
+    None
+}

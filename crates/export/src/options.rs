@@ -73,6 +73,17 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
+    /// `format` with every other option at its default.
+    pub fn new(format: Format) -> Self {
+        ExportOptions {
+            format,
+            vocab_size: None,
+            dtype: None,
+            quantization: None,
+            gguf_type: None,
+        }
+    }
+
     /// Checks that every option given applies to the format and is in range.
     pub fn validate(&self) -> Result<()> {
         let only = |key: &str, format: &str| {
@@ -127,19 +138,9 @@ impl ExportOptions {
 mod tests {
     use super::*;
 
-    fn options(format: Format) -> ExportOptions {
-        ExportOptions {
-            format,
-            vocab_size: None,
-            dtype: None,
-            quantization: None,
-            gguf_type: None,
-        }
-    }
-
     #[test]
     fn options_of_another_format_are_refused_naming_the_option() {
-        let mut o = options(Format::Hf);
+        let mut o = ExportOptions::new(Format::Hf);
         o.quantization = Some(Quantization {
             bits: 4,
             group_size: 64,
@@ -149,14 +150,14 @@ mod tests {
             .expect_err("hf")
             .to_string()
             .contains("`quantize`"));
-        let mut o = options(Format::Mlx);
+        let mut o = ExportOptions::new(Format::Mlx);
         o.gguf_type = Some(GgufType::Q8_0);
         assert!(o
             .validate()
             .expect_err("mlx")
             .to_string()
             .contains("`type`"));
-        let mut o = options(Format::Gguf);
+        let mut o = ExportOptions::new(Format::Gguf);
         o.dtype = Some(FloatType::F16);
         assert!(o
             .validate()
@@ -167,7 +168,7 @@ mod tests {
 
     #[test]
     fn quantization_settings_outside_mlx_lm_layouts_are_refused() {
-        let mut o = options(Format::Mlx);
+        let mut o = ExportOptions::new(Format::Mlx);
         o.quantization = Some(Quantization {
             bits: 3,
             group_size: 64,
