@@ -13,6 +13,10 @@ with corenet's own numbers; scripts/llama_cpp_check.sh records the llama.cpp run
   gguf FILE --hf FOLDER
       gguf.GGUFReader: the metadata llama.cpp reads, and every tensor checked against the HF
       folder's weights (f32/f16 equal after conversion, Q8_0 bytes equal to gguf's quantizer).
+  mlx-perplexity FOLDER... --data FILE.jsonl [--max-documents N] [--seq-len L]
+      mlx-lm's perplexity of each folder on a jsonl shard's "text" documents, windowed as
+      `corenet eval perplexity` windows them (BOS + ids + EOS per document, concatenated, windows
+      of L inputs overlapping by one id), so the f32 export must give corenet's number.
   llama-cpp FILE --prompt-ids 1,2,3 --max-new-tokens N
       llama_cpp.Llama: greedy new ids from the prompt ids.
   lm-eval FOLDER --items FILE.jsonl --workdir DIR
@@ -126,6 +130,46 @@ def run_mlx(args):
         report["perplexity"] = math.exp(nll / count)
         report["ppl_tokens"] = count
     print(json.dumps(report))
+
+
+def run_mlx_perplexity(args):
+    import importlib.metadata as md
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import load_model
+    from tokenizers import Tokenizer
+
+    mx.set_default_device(mx.cpu)
+    first = args.folders[0]
+    with open(os.path.join(first, "config.json")) as f:
+        config = json.load(f)
+    tokenizer = Tokenizer.from_file(os.path.join(first, "tokenizer.json"))
+    stream = []
+    with open(args.data) as f:
+        for n, line in enumerate(f):
+            if args.max_documents is not None and n >= args.max_documents:
+                break
+            text = json.loads(line)["text"]
+            ids = tokenizer.encode(text, add_special_tokens=False).ids
+            stream += [config["bos_token_id"]] + ids + [config["eos_token_id"]]
+    seq = args.seq_len or config["max_context_length"]
+    windows = [stream[i : i + seq + 1] for i in range(0, len(stream) - 1, seq)]
+    windows = [w for w in windows if len(w) > 1]
+    results = []
+    for folder in args.folders:
+        model, _ = load_model(__import__("pathlib").Path(folder))
+        nll, count = 0.0, 0
+        for w in windows:
+            x = mx.array([w])
+            logits = model(x[:, :-1]).astype(mx.float32)
+            nll += float(nn.losses.cross_entropy(logits, x[:, 1:], reduction="sum"))
+            count += len(w) - 1
+        size = sum(
+            os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors")
+        )
+        results.append({"folder": folder, "perplexity": math.exp(nll / count), "tokens": count, "weight_bytes": size})
+    print(json.dumps({"client": f"mlx {md.version('mlx')}, mlx-lm {md.version('mlx-lm')}", "results": results}))
 
 
 def run_gguf(args):
@@ -315,6 +359,11 @@ def main():
     g = sub.add_parser("gguf")
     g.add_argument("file")
     g.add_argument("--hf", required=True)
+    q = sub.add_parser("mlx-perplexity")
+    q.add_argument("folders", nargs="+")
+    q.add_argument("--data", required=True)
+    q.add_argument("--max-documents", type=int)
+    q.add_argument("--seq-len", type=int)
     c = sub.add_parser("llama-cpp")
     c.add_argument("file")
     c.add_argument("--prompt-ids", type=ids_arg, required=True)
@@ -328,6 +377,7 @@ def main():
     runners = {
         "transformers": run_transformers,
         "mlx": run_mlx,
+        "mlx-perplexity": run_mlx_perplexity,
         "gguf": run_gguf,
         "llama-cpp": run_llama_cpp,
         "lm-eval": run_lm_eval,

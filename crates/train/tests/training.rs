@@ -399,3 +399,57 @@ fn a_shard_removed_between_stop_and_resume_fails_unless_accepted() {
     let old: TrainState = serde_json::from_value(old).expect("an old state loads");
     assert_eq!(old.data.files, None);
 }
+
+#[test]
+fn every_checkpoint_carries_the_tokenizer_the_run_started_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let tokenizer = dir.path().join("tokenizer.json");
+    let original = std::fs::read(&tokenizer).expect("tokenizer");
+    let r = in_dir(
+        &base,
+        dir.path(),
+        "carry",
+        &["trainer.steps=4", "checkpoint.interval=2"],
+    );
+    let _ = run(&r, Resume::Fresh, Some(2));
+    // Edited between the sessions: the checkpoints keep what the run trained with.
+    std::fs::write(&tokenizer, b"{}").expect("overwrite");
+    // (the broken file is put right below; only the checkpoint's copy matters here)
+    let first = r.checkpoint_dir().join("step-00000002");
+    assert_eq!(
+        std::fs::read(first.join("tokenizer.json")).expect("carried"),
+        original
+    );
+    let manifest =
+        corenet_train::checkpoint::store::CheckpointStore::verify(&first).expect("verify");
+    assert!(manifest.files.contains_key("tokenizer.json"));
+    // A resume with another (valid) tokenizer is refused, naming the checkpoint's copy.
+    corenet_data::train_tokenizer(
+        &[dir.path().join("corpus.txt")],
+        280,
+        &corenet_data::DEFAULT_SPECIAL_TOKENS,
+        &tokenizer,
+    )
+    .expect("another tokenizer");
+    let options = TrainOptions {
+        resume: Resume::Auto,
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let err = Trainer::new(r.clone(), options)
+        .err()
+        .expect("changed tokenizer");
+    let text = err.to_string();
+    assert!(
+        text.contains("another tokenizer") && text.contains("step-00000002/tokenizer.json"),
+        "{text}"
+    );
+    std::fs::write(&tokenizer, &original).expect("restore");
+    let _ = run(&r, Resume::Auto, None);
+    let last = r.checkpoint_dir().join("step-00000004");
+    assert_eq!(
+        std::fs::read(last.join("tokenizer.json")).expect("carried"),
+        original
+    );
+}

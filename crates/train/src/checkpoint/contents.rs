@@ -81,6 +81,37 @@ impl TokenizerFile {
         Ok(TokenizerFile { kind, bytes })
     }
 
+    /// Checks that the checkpoint in `dir` was trained with this tokenizer: a changed tokenizer
+    /// gives the same ids other meanings mid-run. A checkpoint written before tokenizers were
+    /// carried passes; with `accept`, a difference is logged and the run goes on.
+    pub fn check_same_as(&self, dir: &Path, accept: bool) -> Result<()> {
+        let carried = [TokenizerKind::HfJson, TokenizerKind::SentencePiece]
+            .into_iter()
+            .map(|k| dir.join(k.file_name()))
+            .find(|p| p.is_file());
+        let Some(path) = carried else {
+            return Ok(());
+        };
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        if bytes == self.bytes {
+            return Ok(());
+        }
+        if accept {
+            tracing::warn!(checkpoint = %dir.display(), "data.tokenizer differs from the tokenizer the checkpoint was trained with; continuing (--accept-data-change)");
+            return Ok(());
+        }
+        Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "was trained with another tokenizer than `data.tokenizer` ({} differs): the ids \
+                 would change meaning mid-run. Restore the tokenizer (the checkpoint's copy is \
+                 {}), or pass --accept-data-change to go on with the new one",
+                self.kind.file_name(),
+                path.display()
+            ),
+        })
+    }
+
     /// Writes the file into `dir` under its kind's name (`tokenizer.json` or `tokenizer.model`).
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         let path = dir.join(self.kind.file_name());

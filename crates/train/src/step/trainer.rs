@@ -226,6 +226,9 @@ impl Trainer {
             dp.as_ref(),
         )?;
         let schedule = Schedule::new(&recipe.schedule)?;
+        if let Some(dir) = &resume_dir {
+            tokenizer_file.check_same_as(dir, options.accept_data_change)?;
+        }
         let restored = resume_dir
             .as_deref()
             .map(|dir| {
