@@ -211,6 +211,7 @@ fn transformers_loads_the_hf_export_offline_and_agrees_with_corenet() -> Result<
         "configuration_openelm.py",
         "modeling_openelm.py",
         "manifest.json",
+        "README.md",
     ] {
         ensure!(hf.join(file).is_file(), "{file} missing from the export");
     }

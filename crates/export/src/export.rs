@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gguf_file::{plan_gguf, write_gguf};
 use crate::hf_folder::{export_tensors, write_hf_folder};
 use crate::mlx_folder::{check_quantization, write_mlx_folder};
+use crate::model_card::write_model_card;
 use crate::options::{ExportOptions, Format, GgufType};
 use crate::shipped_tokenizer::ShippedTokenizer;
 
@@ -68,6 +69,7 @@ pub fn export(
                 options.float_type(),
                 &shipped,
             )?;
+            write_model_card(staged.path(), Format::Hf, checkpoint, step)?;
             metadata.insert("format".into(), "hf".into());
             staged.commit(step, metadata)?;
         }
@@ -84,6 +86,7 @@ pub fn export(
                 options.quantization,
                 &shipped,
             )?;
+            write_model_card(staged.path(), Format::Mlx, checkpoint, step)?;
             metadata.insert("format".into(), "mlx".into());
             staged.commit(step, metadata)?;
         }

@@ -14,6 +14,7 @@ pub mod gguf_file;
 pub mod gguf_vocab;
 pub mod hf_folder;
 pub mod mlx_folder;
+pub mod model_card;
 pub mod options;
 pub mod q8_0;
 pub mod remote_code;
