@@ -728,5 +728,19 @@ fn an_average_is_a_checkpoint_every_command_accepts() -> Result<()> {
             "trainer.steps=2",
         ],
     )?;
+    // An HF export of it starts a run as well (its manifest verifies config and weights).
+    corenet_ok(
+        dir,
+        &[
+            "train",
+            "recipe.yaml",
+            "--init-from",
+            "avg-hf",
+            "--set",
+            "run.dir=from-avg-hf",
+            "--set",
+            "trainer.steps=2",
+        ],
+    )?;
     Ok(())
 }
