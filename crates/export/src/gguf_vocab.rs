@@ -182,8 +182,19 @@ fn bpe_vocab(tokenizer: &ShippedTokenizer) -> Result<Vocab> {
         }
         by_id[id] = Some((token.to_string(), kind));
     };
-    for (token, id) in model["vocab"].as_object().into_iter().flatten() {
-        put(id.as_u64().unwrap_or(u64::MAX >> 1), token, NORMAL);
+    let vocab = model["vocab"].as_object().into_iter().flatten();
+    let count = vocab.clone().count() + json["added_tokens"].as_array().map_or(0, Vec::len);
+    for (token, id) in vocab {
+        // Ids index a table: one past every token at most, or the file is not a vocabulary.
+        let id = id
+            .as_u64()
+            .filter(|&i| (i as usize) < count)
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "token {token:?} has id {id}, not one of 0..{count}"
+                ))
+            })?;
+        put(id, token, NORMAL);
     }
     for added in json["added_tokens"].as_array().into_iter().flatten() {
         let kind = if added["special"] == true {
@@ -191,8 +202,13 @@ fn bpe_vocab(tokenizer: &ShippedTokenizer) -> Result<Vocab> {
         } else {
             USER_DEFINED
         };
-        if let (Some(id), Some(token)) = (added["id"].as_u64(), added["content"].as_str()) {
-            put(id, token, kind);
+        match (added["id"].as_u64(), added["content"].as_str()) {
+            (Some(id), Some(token)) if (id as usize) < count => put(id, token, kind),
+            _ => {
+                return Err(unsupported(format!(
+                    "added token {added} has no id in 0..{count}"
+                )))
+            }
         }
     }
     let mut tokens = Vec::with_capacity(by_id.len());

@@ -90,7 +90,7 @@ impl ShippedTokenizer {
             .find(|p| p.kind == corenet_data::sentencepiece::PieceType::Unknown)
             .map(|p| p.piece.clone());
         let mut shipped = ShippedTokenizer {
-            names: names_of(&hf, tok.bos_id(), tok.eos_id(), unk, None)?,
+            names: names_of(&hf, &file, (tok.bos_id(), tok.eos_id()), unk, None)?,
             ids: SpecialIds {
                 bos: tok.bos_id(),
                 eos: tok.eos_id(),
@@ -116,7 +116,7 @@ impl ShippedTokenizer {
         let tok = HfTokenizer::new(hf.clone())?;
         let pad = (tok.pad_id() < tok.vocab_size() as u32).then(|| tok.pad_id());
         let unk = hf.token_to_id("<unk>").map(|_| "<unk>".to_string());
-        let names = names_of(&hf, tok.bos_id(), tok.eos_id(), unk, pad)?;
+        let names = names_of(&hf, &file, (tok.bos_id(), tok.eos_id()), unk, pad)?;
         let post = with_bos(&hf, &names.bos, tok.bos_id(), &file)?;
         hf.with_post_processor(Some(post));
         let mut shipped = ShippedTokenizer {
@@ -222,14 +222,14 @@ impl ShippedTokenizer {
 
 fn names_of(
     hf: &tokenizers::Tokenizer,
-    bos: u32,
-    eos: u32,
+    file: &Path,
+    (bos, eos): (u32, u32),
     unk: Option<String>,
     pad: Option<u32>,
 ) -> Result<SpecialNames> {
     let name = |id: u32| {
         hf.id_to_token(id).ok_or_else(|| Error::Tokenizer {
-            path: PathBuf::new(),
+            path: file.to_path_buf(),
             reason: format!("special id {id} has no token"),
         })
     };
