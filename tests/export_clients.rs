@@ -150,13 +150,7 @@ fn corenet_greedy(model: &Path) -> Result<(Vec<u64>, Vec<u64>)> {
         ],
     )?;
     let v: Value = serde_json::from_str(out.trim())?;
-    let ids = |key: &str| -> Vec<u64> {
-        v[key]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default()
-    };
-    Ok((ids("prompt_ids"), until_eos(ids("new_ids"))))
+    Ok((ids_of(&v["prompt_ids"]), until_eos(ids_of(&v["new_ids"]))))
 }
 
 fn until_eos(ids: Vec<u64>) -> Vec<u64> {

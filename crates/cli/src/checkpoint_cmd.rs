@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use corenet_train::checkpoint::average::{average_checkpoints, AverageInput};
+use corenet_train::checkpoint::average::average_checkpoints;
 use corenet_train::checkpoint::store::{CheckpointEntry, CheckpointStore};
 
 /// Where a run keeps its checkpoints unless its recipe moves them.
@@ -77,15 +77,12 @@ fn average(args: &AverageArgs) -> anyhow::Result<()> {
     let mut entries = find_checkpoints(&args.dir)?;
     entries.reverse(); // newest first
     let mut picked = Vec::new();
-    for entry in &entries {
+    for entry in entries {
         if picked.len() == args.last {
             break;
         }
         match CheckpointStore::verify(&entry.dir) {
-            Ok(_) => picked.push(AverageInput {
-                dir: entry.dir.clone(),
-                step: entry.step,
-            }),
+            Ok(_) => picked.push(entry),
             Err(err) => {
                 tracing::warn!(dir = %entry.dir.display(), %err, "skipping a checkpoint that does not verify")
             }

@@ -46,7 +46,8 @@ pub use state::{SourceState, StreamState, WorkerState};
 pub use stats::SourceStats;
 pub use stream::DataStream;
 pub use tokenizer::{
-    load_tokenizer, resolve_tokenizer, TokenizerKind, TOKENIZER_JSON_FILE, TOKENIZER_MODEL_FILE,
+    load_tokenizer, resolve_tokenizer, tokenizer_in_folder, TokenizerKind, TOKENIZER_JSON_FILE,
+    TOKENIZER_MODEL_FILE,
 };
 pub use tokenizer::{HfTokenizer, TextTokenizer};
 pub use tokenizer_train::{train_tokenizer, train_tokenizer_from_texts, DEFAULT_SPECIAL_TOKENS};

@@ -125,6 +125,15 @@ impl TokenizerKind {
 pub const TOKENIZER_MODEL_FILE: &str = "tokenizer.model";
 pub const TOKENIZER_JSON_FILE: &str = "tokenizer.json";
 
+/// The tokenizer file a folder holds: `tokenizer.model`, else `tokenizer.json` (None when it
+/// has neither).
+pub fn tokenizer_in_folder(dir: &Path) -> Option<std::path::PathBuf> {
+    [TOKENIZER_MODEL_FILE, TOKENIZER_JSON_FILE]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 /// The tokenizer file `path` names and its kind: `*.model` is SentencePiece, `*.json` a Hugging
 /// Face `tokenizer.json`; any other name is told apart by its first byte (`{` for JSON, `0x0A`,
 /// the first field of a `ModelProto`, for SentencePiece). A directory is searched for
@@ -135,11 +144,8 @@ pub fn resolve_tokenizer(path: &Path) -> Result<(std::path::PathBuf, TokenizerKi
         message: message.into(),
     };
     if path.is_dir() {
-        for name in [TOKENIZER_MODEL_FILE, TOKENIZER_JSON_FILE] {
-            let candidate = path.join(name);
-            if candidate.is_file() {
-                return resolve_tokenizer(&candidate);
-            }
+        if let Some(file) = tokenizer_in_folder(path) {
+            return resolve_tokenizer(&file);
         }
         return Err(unknown(
             "is a directory without a tokenizer.model or tokenizer.json in it; give the tokenizer file",

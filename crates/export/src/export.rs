@@ -9,7 +9,7 @@ use corenet_model::{staged_folder::check_target, StagedFolder};
 
 use crate::error::{Error, Result};
 use crate::gguf_file::{plan_gguf, write_gguf};
-use crate::hf_folder::{export_tensors, write_hf_folder};
+use crate::hf_folder::write_hf_folder;
 use crate::mlx_folder::{check_quantization, write_mlx_folder};
 use crate::model_card::write_model_card;
 use crate::options::{ExportOptions, Format, GgufType};
@@ -41,7 +41,7 @@ pub fn export(
     let shipped = ShippedTokenizer::find(checkpoint, tokenizer)?;
     // Verifies the checkpoint's manifest (or an HF folder's tensors) before reading weights.
     let (_vs, model) = corenet_model::pretrained::open(checkpoint, tch::Device::Cpu)?;
-    let (config, tensors) = export_tensors(&model, options.vocab_size)?;
+    let (config, tensors) = corenet_model::hf::hf_tensors(&model, options.vocab_size)?;
     if shipped.vocab_size > config.vocab_size {
         return Err(Error::option(
             "vocab-size",

@@ -11,7 +11,7 @@ use gguf_rs_lib::format::metadata::{MetadataArray, MetadataValue};
 use gguf_rs_lib::format::types::{GGUFTensorType, GGUFValueType};
 use tch::{Kind, Tensor};
 
-use corenet_model::OpenElmConfig;
+use corenet_model::{OpenElmConfig, RawTensor};
 
 use crate::error::{Error, Result};
 use crate::gguf_vocab::vocab_metadata;
@@ -211,7 +211,7 @@ pub fn write_gguf(
         builder = builder.add_metadata(key, value);
     }
     for t in plan {
-        let data = tensor_bytes(&t)?;
+        let data = tensor_bytes(&t, path)?;
         builder = builder
             .add_tensor(t.name, t.dims, t.kind, data)
             .map_err(gguf_err)?;
@@ -220,17 +220,9 @@ pub fn write_gguf(
     Ok(())
 }
 
-fn tensor_bytes(t: &GgufTensor) -> Result<Vec<u8>> {
+fn tensor_bytes(t: &GgufTensor, path: &Path) -> Result<Vec<u8>> {
     let raw = |kind: Kind| -> Result<Vec<u8>> {
-        let cpu = t
-            .source
-            .to_device(tch::Device::Cpu)
-            .to_kind(kind)
-            .contiguous();
-        let n = cpu.numel();
-        let mut data = vec![0u8; n * kind.elt_size_in_bytes()];
-        cpu.f_copy_data_u8(&mut data, n)?;
-        Ok(data)
+        Ok(RawTensor::from_tensor(&t.name, &t.source.to_kind(kind), path)?.data)
     };
     match t.kind {
         GGUFTensorType::F16 => raw(Kind::Half),

@@ -5,24 +5,16 @@
 use std::path::Path;
 
 use corenet_model::hf::{
-    generation_config, hf_config_with, hf_tensors, write_json, CONFIG_FILE, GENERATION_CONFIG_FILE,
+    generation_config, hf_config_with, write_json, CONFIG_FILE, GENERATION_CONFIG_FILE,
     WEIGHTS_FILE,
 };
-use corenet_model::{save_tensors, OpenElm, OpenElmConfig};
+use corenet_model::{save_tensors, OpenElmConfig};
 use tch::Tensor;
 
 use crate::error::Result;
 use crate::options::FloatType;
 use crate::remote_code::write_remote_code;
 use crate::shipped_tokenizer::ShippedTokenizer;
-
-/// The tensors and config an export writes: HF names, vocabulary cut to `rows`.
-pub fn export_tensors(
-    model: &OpenElm,
-    rows: Option<usize>,
-) -> Result<(OpenElmConfig, Vec<(String, Tensor)>)> {
-    Ok(hf_tensors(model, rows)?)
-}
 
 /// Writes the HF folder's files into `dir` (a staging folder the caller seals).
 pub fn write_hf_folder(

@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use corenet_data::{
-    resolve_tokenizer, HfTokenizer, SentencePieceModel, SentencePieceTokenizer, TextTokenizer,
-    TokenizerKind, TOKENIZER_JSON_FILE, TOKENIZER_MODEL_FILE,
+    resolve_tokenizer, tokenizer_in_folder, HfTokenizer, SentencePieceModel,
+    SentencePieceTokenizer, TextTokenizer, TokenizerKind, TOKENIZER_JSON_FILE,
+    TOKENIZER_MODEL_FILE,
 };
 use corenet_model::hf::{write_json, SpecialIds};
 use serde_json::{json, Value};
@@ -54,11 +55,8 @@ impl ShippedTokenizer {
         if let Some(path) = explicit {
             return Self::load(path);
         }
-        for name in [TOKENIZER_MODEL_FILE, TOKENIZER_JSON_FILE] {
-            let candidate = checkpoint.join(name);
-            if candidate.is_file() {
-                return Self::load(&candidate);
-            }
+        if let Some(file) = tokenizer_in_folder(checkpoint) {
+            return Self::load(&file);
         }
         Err(Error::Tokenizer {
             path: checkpoint.to_path_buf(),

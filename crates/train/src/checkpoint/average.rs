@@ -7,35 +7,30 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use corenet_data::TokenizerKind;
+use corenet_data::tokenizer_in_folder;
 use corenet_model::manifest::Manifest;
 use corenet_model::StagedFolder;
 use tch::{Kind, Tensor};
 
 use crate::checkpoint::contents::{MODEL_CONFIG_FILE, MODEL_FILE};
+use crate::checkpoint::store::CheckpointEntry;
 use crate::error::{Error, Result};
-
-/// A checkpoint to average: its folder and step.
-#[derive(Debug, Clone)]
-pub struct AverageInput {
-    pub dir: PathBuf,
-    pub step: u64,
-}
 
 /// Averages the model weights of `inputs` (newest first) into a new checkpoint folder `out`
 /// (absent or empty; written whole or not at all). The model config and tokenizer come from
 /// the newest input, and every input's model config must equal it; the manifest records the
 /// newest step and every averaged step.
-pub fn average_checkpoints(inputs: &[AverageInput], out: &Path) -> Result<Manifest> {
+pub fn average_checkpoints(inputs: &[CheckpointEntry], out: &Path) -> Result<Manifest> {
     let newest = inputs
         .first()
         .ok_or_else(|| Error::config("checkpoint average", "no checkpoints to average"))?;
     let config_path = newest.dir.join(MODEL_CONFIG_FILE);
     let config = std::fs::read(&config_path).map_err(|e| Error::io("read", &config_path, e))?;
+    let parsed = parse_json(&config_path, &config)?;
     for input in &inputs[1..] {
         let path = input.dir.join(MODEL_CONFIG_FILE);
         let other = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
-        if parse_json(&path, &other)? != parse_json(&config_path, &config)? {
+        if parse_json(&path, &other)? != parsed {
             return Err(Error::Checkpoint {
                 dir: input.dir.clone(),
                 reason: format!(
@@ -50,12 +45,10 @@ pub fn average_checkpoints(inputs: &[AverageInput], out: &Path) -> Result<Manife
     average_model_files(&files, &staged.path().join(MODEL_FILE))?;
     let target = staged.path().join(MODEL_CONFIG_FILE);
     std::fs::write(&target, &config).map_err(|e| Error::io("write", &target, e))?;
-    for kind in [TokenizerKind::HfJson, TokenizerKind::SentencePiece] {
-        let from = newest.dir.join(kind.file_name());
-        if from.is_file() {
-            let to = staged.path().join(kind.file_name());
-            std::fs::copy(&from, &to).map_err(|e| Error::io("copy", &from, e))?;
-        }
+    if let Some(from) = tokenizer_in_folder(&newest.dir) {
+        // The same name (tokenizer.json or tokenizer.model) in the average.
+        let to = staged.path().join(from.file_name().unwrap_or_default());
+        std::fs::copy(&from, &to).map_err(|e| Error::io("copy", &from, e))?;
     }
     let mut metadata = serde_json::Map::new();
     let steps: Vec<u64> = inputs.iter().map(|i| i.step).collect();

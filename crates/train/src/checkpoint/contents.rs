@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use corenet_data::{resolve_tokenizer, StreamState, TokenizerKind};
+use corenet_data::{resolve_tokenizer, tokenizer_in_folder, StreamState, TokenizerKind};
 use corenet_model::OpenElm;
 
 use crate::error::{Error, Result};
@@ -85,11 +85,7 @@ impl TokenizerFile {
     /// gives the same ids other meanings mid-run. A checkpoint written before tokenizers were
     /// carried passes; with `accept`, a difference is logged and the run goes on.
     pub fn check_same_as(&self, dir: &Path, accept: bool) -> Result<()> {
-        let carried = [TokenizerKind::HfJson, TokenizerKind::SentencePiece]
-            .into_iter()
-            .map(|k| dir.join(k.file_name()))
-            .find(|p| p.is_file());
-        let Some(path) = carried else {
+        let Some(path) = tokenizer_in_folder(dir) else {
             return Ok(());
         };
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
