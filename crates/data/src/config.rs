@@ -33,6 +33,9 @@ pub struct SourceConfig {
     pub text_key: String,
     /// Relative sampling weight (rows drawn from this source ∝ weight).
     pub weight: f64,
+    /// Fraction of this source's documents never trained on, chosen by a hash of each
+    /// document's file and position ([`crate::HoldBack`]), and scored by validation instead.
+    pub hold_back: f64,
 }
 
 impl Default for SourceConfig {
@@ -43,6 +46,7 @@ impl Default for SourceConfig {
             format: None,
             text_key: "text".into(),
             weight: 1.0,
+            hold_back: 0.0,
         }
     }
 }
@@ -170,6 +174,12 @@ impl SourceConfig {
         }
         if !(self.weight.is_finite() && self.weight > 0.0) {
             return bad(format!("weight must be positive, got {}", self.weight));
+        }
+        if !(0.0..1.0).contains(&self.hold_back) {
+            return bad(format!(
+                "hold_back must be a fraction in [0, 1), got {}",
+                self.hold_back
+            ));
         }
         Ok(())
     }

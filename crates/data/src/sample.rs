@@ -204,6 +204,7 @@ pub fn write_samples(corpus: &Path, out_dir: &Path, opts: &SampleOptions) -> Res
             format: None,
             text_key: layout.text_key.into(),
             weight: 1.0,
+            hold_back: 0.0,
         });
     }
     tracing::info!(

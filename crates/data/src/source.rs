@@ -19,6 +19,8 @@ pub struct Source {
     pub name: String,
     pub text_key: String,
     pub weight: f64,
+    /// Fraction of documents held back for validation.
+    pub hold_back: f64,
     /// Sorted, so every rank sees the same list.
     pub files: Vec<ShardFile>,
 }
@@ -63,6 +65,7 @@ impl Source {
             name: cfg.name.clone(),
             text_key: cfg.text_key.clone(),
             weight: cfg.weight,
+            hold_back: cfg.hold_back,
             files,
         })
     }

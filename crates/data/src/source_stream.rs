@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Mode;
 use crate::error::{Error, Result};
+use crate::hold_back::HoldBack;
 use crate::piece::{corenet_next_start, corenet_piece_end, normalized_len, packed_piece_end};
 use crate::pipeline::Pipeline;
 use crate::read::{self, OpenSpec, Position, ReadItem, RecordReader, Stride};
@@ -227,6 +228,10 @@ impl SourceStream {
                 Err(e) => self.skip_file(e)?,
                 Ok(None) => self.next_file(),
                 Ok(Some(ReadItem::Bad(e))) => self.skip_record(e)?,
+                Ok(Some(ReadItem::Doc(rec))) if self.is_held_back(rec.start) => {
+                    self.state.record = Some(rec.end);
+                    self.stats.held_back += 1;
+                }
                 Ok(Some(ReadItem::Doc(rec))) => {
                     // Packed mode has no use for an empty document (it would only add BOS and
                     // EOS). CoreNet mode keeps it: it is one empty piece, which CoreNet turns
@@ -284,6 +289,21 @@ impl SourceStream {
                 Ok(false)
             }
         }
+    }
+
+    /// Whether the record at `start` of the file being read is kept for validation.
+    fn is_held_back(&self, start: Position) -> bool {
+        let source = &self.pipe.sources[self.index];
+        let hold = HoldBack::new(source.hold_back);
+        if hold.is_empty() {
+            return false;
+        }
+        let file = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.get(self.state.file as usize))
+            .and_then(|&(file, _)| source.files.get(file));
+        file.is_some_and(|file| hold.holds(&file.path, start))
     }
 
     fn skip_record(&mut self, e: Error) -> Result<()> {

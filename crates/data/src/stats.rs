@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Counters for one source.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SourceStats {
     /// Documents fully consumed.
     pub documents: u64,
@@ -22,6 +23,8 @@ pub struct SourceStats {
     pub bad_files: u64,
     /// Completed passes over this process's part of the source.
     pub epochs: u64,
+    /// Documents passed over because they are held back for validation (`hold_back`).
+    pub held_back: u64,
 }
 
 impl SourceStats {
@@ -45,5 +48,6 @@ impl SourceStats {
         self.bad_records += o.bad_records;
         self.bad_files += o.bad_files;
         self.epochs += o.epochs;
+        self.held_back += o.held_back;
     }
 }

@@ -16,7 +16,10 @@ pub mod task;
 
 pub use accuracy::{evaluate, TaskResult};
 pub use error::{Error, Result};
-pub use perplexity::{perplexity, PerplexityOptions, PerplexityReport};
+pub use perplexity::{
+    ids_for_sequences, perplexity, stream_nll, window_nll, windows, PerplexityOptions,
+    PerplexityReport,
+};
 pub use request::{encode_pair, Request, TokenRequest};
 pub use scoring::{ModelScorer, Scorer};
 pub use task::{load_docs, Doc, Task};

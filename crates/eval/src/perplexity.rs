@@ -23,6 +23,8 @@ pub struct PerplexityOptions {
     pub text_key: String,
     /// Stop after this many documents.
     pub max_documents: Option<usize>,
+    /// Score at most this many windows (the first ones), as validation during training does.
+    pub max_sequences: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,7 +53,12 @@ pub fn shard_tokens(
     };
     let mut reader = open(&spec, Position::start(format))?;
     let (mut documents, mut ids) = (0, Vec::new());
-    while options.max_documents.is_none_or(|max| documents < max) {
+    let max_ids = options
+        .max_sequences
+        .map(|n| ids_for_sequences(n, options.seq_len));
+    while options.max_documents.is_none_or(|max| documents < max)
+        && max_ids.is_none_or(|max| ids.len() < max)
+    {
         match reader.next_item()? {
             None => break,
             Some(ReadItem::Bad(e)) => return Err(e.into()),
@@ -63,19 +70,60 @@ pub fn shard_tokens(
             }
         }
     }
+    if let Some(max) = max_ids {
+        ids.truncate(max);
+    }
     Ok((documents, ids))
 }
 
 /// `[start, end)` of each window over a stream of `n` ids: inputs are `[start, end - 1)`,
 /// targets `[start + 1, end)`.
-fn windows(n: usize, seq_len: usize) -> Vec<(usize, usize)> {
+pub fn windows(n: usize, seq_len: usize) -> Vec<(usize, usize)> {
     (0..n.saturating_sub(1))
-        .step_by(seq_len)
+        .step_by(seq_len.max(1))
         .map(|start| (start, (start + seq_len + 1).min(n)))
         .collect()
 }
 
-/// Summed negative log-likelihood and count of the targets of `stream`, in batches.
+/// The ids a stream of at most `sequences` windows of `seq_len` needs: `sequences · seq_len`
+/// targets plus the first input.
+pub fn ids_for_sequences(sequences: usize, seq_len: usize) -> usize {
+    sequences.saturating_mul(seq_len).saturating_add(1)
+}
+
+/// Summed negative log-likelihood of the targets of each window of `stream`, in one padded
+/// forward pass (one row per window).
+pub fn window_nll(model: &OpenElm, stream: &[i64], chunk: &[(usize, usize)]) -> Result<Vec<f64>> {
+    let device = model.token_embeddings.device();
+    let width = chunk.iter().map(|(s, e)| e - s - 1).max().unwrap_or(0);
+    let mut inputs = Vec::with_capacity(chunk.len() * width);
+    for &(s, e) in chunk {
+        inputs.extend_from_slice(&stream[s..e - 1]);
+        inputs.extend(std::iter::repeat_n(0, width - (e - s - 1)));
+    }
+    let batch = Tensor::from_slice(&inputs)
+        .view([chunk.len() as i64, width as i64])
+        .to_device(device); // (B, T)
+    let logits = tch::no_grad(|| model.forward(&batch))?; // (B, T, V)
+    let mut out = Vec::with_capacity(chunk.len());
+    for (row, &(s, e)) in chunk.iter().enumerate() {
+        let len = (e - s - 1) as i64;
+        let logp = logits
+            .get(row as i64)
+            .narrow(0, 0, len)
+            .log_softmax(-1, Kind::Float); // (T, V)
+        let targets = Tensor::from_slice(&stream[s + 1..e])
+            .to_device(device)
+            .unsqueeze(1); // (T, 1)
+        let picked = logp.gather(1, &targets, false).to_kind(Kind::Double);
+        out.push(-picked.sum(Kind::Double).double_value(&[]));
+    }
+    Ok(out)
+}
+
+/// Summed negative log-likelihood and count of the targets of `stream`, in batches. The sum
+/// runs over windows in order, so a caller that adds [`window_nll`]'s values in the same order
+/// gets the same bits.
 pub fn stream_nll(
     model: &OpenElm,
     stream: &[i64],
@@ -88,31 +136,11 @@ pub fn stream_nll(
             "seq_len and batch_size must be at least 1",
         ));
     }
-    let device = model.token_embeddings.device();
     let (mut total, mut count) = (0.0, 0);
     for chunk in windows(stream.len(), seq_len).chunks(batch_size) {
-        let width = chunk.iter().map(|(s, e)| e - s - 1).max().unwrap_or(0);
-        let mut inputs = Vec::with_capacity(chunk.len() * width);
-        for &(s, e) in chunk {
-            inputs.extend_from_slice(&stream[s..e - 1]);
-            inputs.extend(std::iter::repeat_n(0, width - (e - s - 1)));
-        }
-        let batch = Tensor::from_slice(&inputs)
-            .view([chunk.len() as i64, width as i64])
-            .to_device(device); // (B, T)
-        let logits = tch::no_grad(|| model.forward(&batch))?; // (B, T, V)
-        for (row, &(s, e)) in chunk.iter().enumerate() {
-            let len = (e - s - 1) as i64;
-            let logp = logits
-                .get(row as i64)
-                .narrow(0, 0, len)
-                .log_softmax(-1, Kind::Float); // (T, V)
-            let targets = Tensor::from_slice(&stream[s + 1..e])
-                .to_device(device)
-                .unsqueeze(1); // (T, 1)
-            let picked = logp.gather(1, &targets, false).to_kind(Kind::Double);
-            total -= picked.sum(Kind::Double).double_value(&[]);
-            count += len as usize;
+        for (nll, &(s, e)) in window_nll(model, stream, chunk)?.into_iter().zip(chunk) {
+            total += nll;
+            count += e - s - 1;
         }
     }
     Ok((total, count))

@@ -346,6 +346,7 @@ fn perplexity_of_a_written_shard_is_exp_of_the_direct_mean_nll() {
         batch_size: 3,
         text_key: "meta.text".into(),
         max_documents: None,
+        max_sequences: None,
     };
     let report = perplexity(&model, tokenizer.as_ref(), &shard, &options).expect("perplexity");
 

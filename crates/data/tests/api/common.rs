@@ -108,6 +108,7 @@ pub fn write_source(
         format: None,
         text_key: text_key.into(),
         weight: 1.0,
+        hold_back: 0.0,
     };
     (cfg, all)
 }
