@@ -268,6 +268,7 @@ ensure_reference_venv() {
     local check="import torch, numpy, safetensors, tensorboard, sentencepiece"
     if [[ -x "$REF_VENV/bin/python" ]] && "$REF_VENV/bin/python" -c "$check" >/dev/null 2>&1; then
         ensure_export_clients
+        ensure_tracking_clients
         return 0
     fi
     [[ -x "$REF_VENV/bin/python" ]] || make_venv "$REF_VENV"
@@ -283,6 +284,7 @@ ensure_reference_venv() {
     pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" \
         numpy safetensors tensorboard sentencepiece
     ensure_export_clients
+    ensure_tracking_clients
 }
 
 # The clients the exports are checked in (tests/export_clients.rs), none written here:
@@ -297,6 +299,19 @@ ensure_export_clients() {
     fi
     log "reference venv: the export clients (${EXPORT_CLIENTS[*]})"
     pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "${EXPORT_CLIENTS[@]}"
+}
+
+# The experiment tracker the MLflow sink is checked against (crates/train/tests/mlflow.rs runs a
+# real `mlflow server` from this venv). 3.17.2, not 3.18.0: mlflow 3.18.0 pins
+# mlflow-skinny==3.18.0, which the package index does not have. It keeps the venv's torch; it
+# takes pyarrow below 26.
+TRACKING_CLIENTS=(mlflow==3.17.2)
+ensure_tracking_clients() {
+    if "$REF_VENV/bin/python" -c "import mlflow" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "reference venv: the tracking clients (${TRACKING_CLIENTS[*]})"
+    pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "${TRACKING_CLIENTS[@]}"
 }
 
 ref_torch_installed() {

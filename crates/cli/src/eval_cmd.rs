@@ -55,6 +55,9 @@ pub struct PerplexityArgs {
     /// Read at most this many documents.
     #[arg(long)]
     max_documents: Option<usize>,
+    /// Score only the first N windows (the `eval.sequences` of validation during training).
+    #[arg(long)]
+    max_sequences: Option<usize>,
 }
 
 #[derive(Args)]
@@ -107,6 +110,7 @@ fn run_perplexity(args: &PerplexityArgs) -> anyhow::Result<()> {
         batch_size: args.model.batch_size,
         text_key: args.text_key.clone(),
         max_documents: args.max_documents,
+        max_sequences: args.max_sequences,
     };
     let report = perplexity(&model, tokenizer.as_ref(), &args.data, &options)?;
     if args.model.json {

@@ -12,6 +12,7 @@ mod launch_cmd;
 mod model_cmd;
 mod number;
 mod plan_cmd;
+mod plot_cmd;
 mod recipe_input;
 mod tokenizer_cmd;
 mod train_cmd;
@@ -76,6 +77,9 @@ enum Command {
     /// Plan a run without building the model: parameters, tokens, FLOPs, memory per GPU,
     /// whether it fits, and GPU-hours at a given MFU.
     Plan(plan_cmd::PlanArgs),
+    /// Draw loss curves of one or more runs (loss, validation, lr, grad norm, tokens/s) as
+    /// a PNG or SVG.
+    Plot(plot_cmd::PlotArgs),
     /// Run a command (e.g. `-- train RECIPE`) as N data-parallel ranks on this machine.
     Launch(launch_cmd::LaunchArgs),
     /// Work with checkpoints.
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd::run(args),
         Command::Launch(args) => launch_cmd::run(args),
         Command::Plan(args) => success(plan_cmd::run(args)),
+        Command::Plot(args) => success(plot_cmd::run(args)),
         Command::Checkpoint { command } => success(checkpoint_cmd::run(command)),
         Command::Model { command } => success(model_cmd::run(command)),
         Command::Data { command } => success(data_cmd::run(command)),

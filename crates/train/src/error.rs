@@ -62,6 +62,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// One line of a JSONL file is not the JSON object expected (`line` counts from 1).
+    #[error("JSON {path}, line {line}: {source}")]
+    JsonLine {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A directory given as a run has no training metrics to read.
+    #[error("no metrics in {dir}: {reason}")]
+    NoMetrics { dir: PathBuf, reason: String },
+
+    /// A loss-curve picture could not be drawn or written; `path` is the picture's.
+    #[error("plot {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
+
     /// A `--set path=value` argument is malformed or cannot be applied.
     #[error("override `{arg}`: {reason}")]
     Override { arg: String, reason: String },
@@ -82,6 +99,10 @@ pub enum Error {
     /// The data pipeline failed (file, offset and key are in the message).
     #[error(transparent)]
     Data(#[from] corenet_data::Error),
+
+    /// Validation's scoring or task files failed (the path or key is in the message).
+    #[error(transparent)]
+    Eval(#[from] corenet_eval::Error),
 
     /// A libtorch operation failed.
     #[error("libtorch: {0}")]

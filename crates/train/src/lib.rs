@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: the checkpoint store, what a checkpoint holds, resume resolution,
 //!   averaging.
 //! - [`log`]: metrics JSONL, TensorBoard, progress and throughput/MFU, owned by one run log.
+//! - [`validate`]: validation during training on held-back and held-out sets.
 //! - [`bench`]: `corenet bench`, timing the trainer's own step on synthetic tokens.
 //!
 //! No `unsafe` here: every call into C++ goes through corenet-ffi's safe wrappers.
@@ -23,6 +24,7 @@ pub mod log;
 pub mod optim;
 pub mod recipe;
 pub mod step;
+pub mod validate;
 
 pub use checkpoint::Resume;
 pub use error::{Error, Result};

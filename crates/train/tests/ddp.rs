@@ -305,6 +305,21 @@ fn base(dir: &Path) -> Value {
     )
 }
 
+/// Trains `tree` as one process with 2 data workers (what 2 ranks of 1 worker each read) in
+/// `run_dir`; returns the final step.
+fn train_one_process(tree: &Value, run_dir: &Path) -> u64 {
+    let single = recipe(
+        tree,
+        &["data.workers=2", &format!("run.dir={}", run_dir.display())],
+    );
+    let options = TrainOptions {
+        world_size: 1,
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(single, options).expect("single-process trainer");
+    trainer.train().expect("train").final_step
+}
+
 // --- (a) 2 ranks × b == 1 process × 2 accumulation steps of b ---------------------------------
 
 /// Two ranks with micro-batch 4 must reach the parameters of one process with global batch 8
@@ -367,22 +382,7 @@ fn two_ranks_match_one_process(test: &str, sets: &[&str]) {
     train_2_ranks(test, dir.path(), &ddp, no_env, 6);
 
     let single_dir = dir.path().join("single");
-    let single = recipe(
-        &base,
-        &[
-            "data.workers=2",
-            &format!("run.dir={}", single_dir.display()),
-        ],
-    );
-    let mut trainer = Trainer::new(
-        single,
-        TrainOptions {
-            world_size: 1,
-            ..TrainOptions::default()
-        },
-    )
-    .expect("single-process trainer");
-    assert_eq!(trainer.train().expect("train").final_step, 6);
+    assert_eq!(train_one_process(&base, &single_dir), 6);
 
     let a = newest_checkpoint(&ddp_dir);
     let b = newest_checkpoint(&single_dir);
@@ -844,4 +844,74 @@ fn a_removed_shard_stops_every_rank_alike_on_resume() {
         .map(|m| m.step)
         .collect();
     assert_eq!(steps, [1, 2, 3], "no step was taken on the changed data");
+}
+
+// --- (f) validation splits across ranks and gives the single process's numbers ------------------
+
+/// Two ranks score alternate batches of the validation windows and reduce one slot per window,
+/// so on the same weights they log bit for bit what one process logs. The LR is far below f32
+/// resolution (the weights stay at their shared initialisation) so that only the validation
+/// arithmetic is compared, not the tiny differences of a 2-rank gradient average.
+#[test]
+fn validation_is_identical_on_one_and_two_ranks() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    let _machine = machine_shared();
+    let test = "validation_is_identical_on_one_and_two_ranks";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tree = recipe_tree(
+        &base(dir.path()),
+        &[
+            "data.sources.1.hold_back=0.25",
+            "schedule.name=constant",
+            "schedule.max_lr=1e-30",
+            "schedule.warmup_iterations=0",
+            "schedule.warmup_init_lr=0",
+        ],
+    );
+    // 2 sets x 7 windows in batches of 2: 8 batches, alternating over the ranks.
+    tree["eval"] = serde_json::json!({
+        "interval": 3, "sequences": 7, "batch_size": 2,
+        "sources": [{ "name": "extra", "paths": [dir.path().join("a.jsonl")] }]
+    });
+    // The held-out source must not be a training file: train on the gzip source only.
+    let tree = recipe_tree(
+        &tree,
+        &[&format!(
+            "data.sources=[{{name: b, paths: [{}], hold_back: 0.25}}]",
+            dir.path().join("b.jsonl.gz").display()
+        )],
+    );
+    let ddp_dir = dir.path().join("ddp");
+    let ddp = recipe_tree(
+        &tree,
+        &["data.workers=1", &format!("run.dir={}", ddp_dir.display())],
+    );
+    train_2_ranks(test, dir.path(), &ddp, no_env, 6);
+
+    let single_dir = dir.path().join("single");
+    train_one_process(&tree, &single_dir);
+
+    let lines = |dir: &Path| -> Vec<Value> {
+        std::fs::read_to_string(dir.join("validation.jsonl"))
+            .expect("validation.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    };
+    let (a, b) = (lines(&ddp_dir), lines(&single_dir));
+    assert_eq!(a.len(), 2, "steps 3 and 6: {a:?}");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["step"], y["step"]);
+        assert_eq!(x["sources"], y["sources"], "step {}", x["step"]);
+        assert_eq!(x["val_loss"], y["val_loss"], "step {}", x["step"]);
+    }
+    let names: Vec<&String> = a[0]["sources"]
+        .as_object()
+        .expect("sources")
+        .keys()
+        .collect();
+    assert_eq!(names, ["b", "extra"]);
 }

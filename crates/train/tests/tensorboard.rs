@@ -292,6 +292,7 @@ fn event_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read dir")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     files
@@ -367,4 +368,15 @@ print(json.dumps([[e.step, e.value] for e in acc.Scalars("loss/total_loss")]))
         got, want,
         "TensorBoard's view equals metrics.jsonl, each step once"
     );
+    // The second x-axis, tokens seen, survives the resume the same way (its own directory,
+    // whose session markers count tokens).
+    let script = script.replace("loss/total_loss", "by_tokens/loss");
+    let got: Vec<(u64, f32)> =
+        serde_json::from_slice(&python_stdout(&python, &script, &tb.join("by_tokens")))
+            .expect("json");
+    let want: Vec<(u64, f32)> = metrics
+        .iter()
+        .map(|m| (m.tokens_seen, m.loss as f32))
+        .collect();
+    assert_eq!(got, want, "loss by tokens seen, each step once");
 }

@@ -76,11 +76,24 @@ fn held_back_documents_are_never_trained_on() {
         let trained_ids: std::collections::BTreeSet<String> = trained.iter().map(id).collect();
         assert_eq!(trained_ids.len(), trained.len(), "{}: a repeat", src.name);
         for text in &held {
-            assert!(!trained_ids.contains(&id(text)), "{}: {} was trained on", src.name, id(text));
+            assert!(
+                !trained_ids.contains(&id(text)),
+                "{}: {} was trained on",
+                src.name,
+                id(text)
+            );
         }
         let share = held.len() as f64 / expected.len() as f64;
-        assert!((0.1..0.4).contains(&share), "{}: held back {share}", src.name);
+        assert!(
+            (0.1..0.4).contains(&share),
+            "{}: held back {share}",
+            src.name
+        );
         assert_eq!(trained.len() + held.len(), expected.len(), "{}", src.name);
-        assert!(counted >= held.len() as u64, "{}: {counted} counted", src.name);
+        assert!(
+            counted >= held.len() as u64,
+            "{}: {counted} counted",
+            src.name
+        );
     }
 }

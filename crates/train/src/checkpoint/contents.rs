@@ -45,6 +45,10 @@ pub struct TrainState {
     /// The model's seed. Nothing draws from libtorch's RNG after initialisation (no dropout), so
     /// weights + this are the whole random state; the data stream carries its own.
     pub seed: u64,
+    /// Seconds the run's processes spent from start-up to this checkpoint, summed over resumes
+    /// (the metrics' `elapsed_s` continues from it). Older checkpoints lack it: 0.
+    #[serde(default)]
+    pub elapsed_s: f64,
 }
 
 impl TrainState {
@@ -61,6 +65,7 @@ impl TrainState {
             data_ranks: Vec::new(),
             recipe_hash,
             seed,
+            elapsed_s: 0.0,
         }
     }
 }

@@ -9,10 +9,18 @@ use corenet_data::StreamState;
 use corenet_model::OpenElm;
 
 use crate::checkpoint::contents::{write_checkpoint, TokenizerFile, TrainState};
-use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::store::{CheckpointStore, VALIDATION_LOSS_KEY};
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
+
+/// What a save writes besides the model and optimizer.
+pub(crate) struct SaveParts<'a> {
+    pub tokenizer: &'a TokenizerFile,
+    pub state: &'a TrainState,
+    /// The validation loss measured at this step, if any (the store's `best` competes on it).
+    pub validation_loss: Option<f64>,
+}
 
 /// Writes a checkpoint of `state` (atomically; the old ones stay until it is durable). Every
 /// rank of a data-parallel run must call it.
@@ -20,16 +28,20 @@ pub(crate) fn save_checkpoint(
     store: &CheckpointStore,
     model: &OpenElm,
     optim: &Optimizer,
-    tokenizer: &TokenizerFile,
     dp: Option<&DataParallel>,
-    state: &TrainState,
+    parts: SaveParts<'_>,
 ) -> Result<()> {
+    let SaveParts {
+        tokenizer,
+        state,
+        validation_loss,
+    } = parts;
     let optimizer = optim.checkpoint_tensors(dp)?;
     let Some(dp) = dp else {
         return write(
             store,
             model,
-            tokenizer,
+            (tokenizer, validation_loss),
             state,
             &optimizer.unwrap_or_default(),
         );
@@ -53,7 +65,7 @@ pub(crate) fn save_checkpoint(
         write(
             store,
             model,
-            tokenizer,
+            (tokenizer, validation_loss),
             &state,
             optimizer.as_deref().unwrap_or_default(),
         )
@@ -74,12 +86,15 @@ pub(crate) fn save_checkpoint(
 fn write(
     store: &CheckpointStore,
     model: &OpenElm,
-    tokenizer: &TokenizerFile,
+    (tokenizer, validation_loss): (&TokenizerFile, Option<f64>),
     state: &TrainState,
     optimizer: &[(String, Tensor)],
 ) -> Result<()> {
     let mut metadata = serde_json::Map::new();
     metadata.insert("recipe_hash".into(), state.recipe_hash.clone().into());
+    if let Some(loss) = validation_loss.filter(|l| l.is_finite()) {
+        metadata.insert(VALIDATION_LOSS_KEY.into(), loss.into());
+    }
     if !state.data_ranks.is_empty() {
         metadata.insert("world_size".into(), state.data_ranks.len().into());
     }

@@ -10,7 +10,12 @@
 //!     ...                      whatever the caller wrote (sub-directories allowed)
 //! root/.tmp-step-00000124/     a save in progress (or left by a crash): never read, removed
 //! root/.old-step-00000100/     a checkpoint being deleted or replaced: never read, removed
+//! root/latest -> step-00000123 the newest checkpoint saved
+//! root/best -> step-00000100   the lowest validation loss (runs that validate)
 //! ```
+//!
+//! A checkpoint whose manifest metadata carries a `validation_loss` competes for `best`; the
+//! best one is never pruned, on top of the newest `keep_last`.
 //!
 //! A save writes into the temporary directory, fsyncs every file, writes and fsyncs the manifest,
 //! fsyncs the directory, renames it into place (atomic on POSIX) and fsyncs the root. A crash or
@@ -32,6 +37,10 @@ const OLD_PREFIX: &str = ".old-step-";
 pub const QUARANTINE_DIR: &str = "quarantine";
 /// Name of the pointer to the newest checkpoint saved.
 pub const LATEST: &str = "latest";
+/// Name of the pointer to the checkpoint with the lowest validation loss.
+pub const BEST: &str = "best";
+/// Manifest metadata key of the validation loss measured at a checkpoint's step.
+pub const VALIDATION_LOSS_KEY: &str = "validation_loss";
 
 /// A checkpoint directory found under the root (not yet verified).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,12 +167,18 @@ impl CheckpointStore {
             guard.disarm();
         }
         sync_dir(&self.root)?;
-        if let Err(e) = self.point_latest(step) {
+        if let Err(e) = self.point(LATEST, step) {
             tracing::warn!(error = %e, "could not update the `latest` pointer");
         }
         tracing::info!(step, dir = %dir.display(), files = manifest.files.len(), "checkpoint saved");
 
         self.prune(step);
+        if let Some((best, loss)) = self.best() {
+            match self.point(BEST, best) {
+                Ok(()) => tracing::info!(step = best, validation_loss = loss, "best checkpoint"),
+                Err(e) => tracing::warn!(error = %e, "could not update the `best` pointer"),
+            }
+        }
         Ok(VerifiedCheckpoint {
             step,
             dir,
@@ -269,14 +284,29 @@ impl CheckpointStore {
     /// Points `root/latest` at the checkpoint for `step` (a symlink on Unix, replaced
     /// atomically; a one-line file naming the directory elsewhere).
     pub fn point_latest(&self, step: u64) -> Result<()> {
+        self.point(LATEST, step)
+    }
+
+    /// The complete checkpoint with the lowest validation loss in its manifest, and the loss
+    /// (the earliest of equals).
+    pub fn best(&self) -> Option<(u64, f64)> {
+        let entries = self.list().ok()?;
+        best_of(entries.iter().filter_map(|e| {
+            let manifest = read_manifest(&e.dir).ok().filter(|m| m.step == e.step)?;
+            Some((e.step, validation_loss(&manifest)?))
+        }))
+    }
+
+    /// Points `root/NAME` at the checkpoint for `step`.
+    fn point(&self, pointer: &str, step: u64) -> Result<()> {
         let name = format!("{STEP_PREFIX}{step:08}");
-        let tmp = self.root.join(format!(".{LATEST}.tmp"));
+        let tmp = self.root.join(format!(".{pointer}.tmp"));
         remove_file_if_exists(&tmp)?;
         #[cfg(unix)]
         std::os::unix::fs::symlink(&name, &tmp).map_err(|e| Error::io("symlink", &tmp, e))?;
         #[cfg(not(unix))]
         std::fs::write(&tmp, format!("{name}\n")).map_err(|e| Error::io("write", &tmp, e))?;
-        rename(&tmp, &self.root.join(LATEST))?;
+        rename(&tmp, &self.root.join(pointer))?;
         sync_dir(&self.root)
     }
 
@@ -318,14 +348,34 @@ impl CheckpointStore {
         // Only checkpoints whose manifest reads back for their step count toward keep_last: an
         // incomplete or damaged directory must never push a good checkpoint out. It is left in
         // place and reported. (Full verification would hash every kept checkpoint at every save.)
-        let (complete, incomplete): (Vec<_>, Vec<_>) = entries
-            .into_iter()
-            .partition(|e| read_manifest(&e.dir).is_ok_and(|m| m.step == e.step));
+        let (mut complete, mut incomplete) = (Vec::new(), Vec::new());
+        for entry in entries {
+            match read_manifest(&entry.dir) {
+                Ok(m) if m.step == entry.step => complete.push((entry, m)),
+                _ => incomplete.push(entry),
+            }
+        }
         for entry in &incomplete {
             tracing::warn!(dir = %entry.dir.display(), "not counted toward keep_last and not pruned: no usable manifest");
         }
-        let excess = complete.len().saturating_sub(self.keep_last);
-        for entry in complete.iter().filter(|e| e.step != protect).take(excess) {
+        // The best validated checkpoint is kept on top of the newest keep_last.
+        let best = best_of(
+            complete
+                .iter()
+                .filter_map(|(e, m)| Some((e.step, validation_loss(m)?))),
+        )
+        .map(|(step, _)| step);
+        let newest = complete.iter().rev().take(self.keep_last);
+        let best_is_extra = best.is_some_and(|b| !newest.clone().any(|(e, _)| e.step == b));
+        let excess = complete
+            .len()
+            .saturating_sub(self.keep_last)
+            .saturating_sub(usize::from(best_is_extra));
+        let victims = complete
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.step != protect && Some(e.step) != best);
+        for entry in victims.take(excess) {
             // Rename first so a crash mid-delete never leaves a half-deleted `step-*` directory.
             let old = self.root.join(format!("{OLD_PREFIX}{:08}", entry.step));
             let result = remove_dir_if_exists(&old)
@@ -337,6 +387,23 @@ impl CheckpointStore {
             }
         }
     }
+}
+
+/// A manifest's recorded validation loss, when finite.
+fn validation_loss(manifest: &Manifest) -> Option<f64> {
+    manifest
+        .metadata
+        .get(VALIDATION_LOSS_KEY)
+        .and_then(serde_json::Value::as_f64)
+        .filter(|l| l.is_finite())
+}
+
+/// The (step, loss) with the lowest loss; the earliest step among equals.
+fn best_of(losses: impl Iterator<Item = (u64, f64)>) -> Option<(u64, f64)> {
+    losses.fold(None, |best: Option<(u64, f64)>, (step, loss)| match best {
+        Some((_, b)) if b <= loss => best,
+        _ => Some((step, loss)),
+    })
 }
 
 /// `step-00000123` → 123; anything else → None.
@@ -503,6 +570,37 @@ mod tests {
 
         let latest = store.latest_valid().expect("latest").expect("some");
         assert_eq!((latest.step, latest.manifest), (400, m));
+    }
+
+    #[test]
+    fn the_best_validated_checkpoint_outlives_keep_last() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::new(tmp.path().join("ckpt"), 2).expect("store");
+        for (step, loss) in [
+            (100, 5.0),
+            (200, 3.0),
+            (300, 4.0),
+            (400, 3.5),
+            (500, f64::NAN),
+        ] {
+            let mut metadata = meta("abc123");
+            metadata.insert(VALIDATION_LOSS_KEY.into(), loss.into());
+            store.save(step, metadata, write_fake(step)).expect("save");
+        }
+        // The newest two, plus 200 (lowest loss); NaN never wins.
+        assert_eq!(steps(&store), vec![200, 400, 500]);
+        assert_eq!(store.best(), Some((200, 3.0)));
+        #[cfg(unix)]
+        assert_eq!(
+            std::fs::read_link(store.root().join(BEST)).expect("symlink"),
+            PathBuf::from("step-00000200")
+        );
+        // A better one takes over, and the old best becomes an ordinary old checkpoint.
+        let mut metadata = meta("abc123");
+        metadata.insert(VALIDATION_LOSS_KEY.into(), 2.0.into());
+        store.save(600, metadata, write_fake(600)).expect("save");
+        assert_eq!(steps(&store), vec![500, 600]);
+        assert_eq!(store.best(), Some((600, 2.0)));
     }
 
     #[test]

@@ -162,7 +162,17 @@ impl MetricsSink {
         {
             return Err(bad(format!("extra field `{key}` shadows a fixed field")));
         }
-        let mut line = serde_json::to_string(record).map_err(|e| bad(e.to_string()))?;
+        self.write_line(record.step, record)
+    }
+
+    /// Writes any record with a `step` as one line (validation results share the sink's
+    /// resume rule: lines after the resumed checkpoint's step are dropped).
+    pub fn write_line<T: Serialize>(&mut self, step: u64, record: &T) -> Result<()> {
+        let mut line = serde_json::to_string(record).map_err(|e| Error::Metrics {
+            path: self.path.clone(),
+            step,
+            reason: e.to_string(),
+        })?;
         line.push('\n');
         // One write call per line keeps lines whole even if another process tails the file.
         self.file

@@ -9,17 +9,25 @@
 //! data-parallel run reports the same MFU as one device doing the same per-device work.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 
 use crate::error::{Error, Result};
+use crate::log::curves::{plot, RunCurves, XAxis};
 use crate::log::metrics::{MetricsRecord, MetricsSink};
+use crate::log::mlflow::{recipe_params, MlflowConfig, MlflowSink, RunStatus};
 use crate::log::progress::human_duration;
 use crate::log::tensorboard::EventWriter;
 use crate::log::throughput::{mfu, peak_bf16_flops, Throughput};
 use crate::recipe::LoggingConfig;
+use crate::validate::ValidationReport;
+
+/// The picture a run keeps of its own curves, next to `metrics.jsonl`.
+pub const CURVES_FILE: &str = "curves.png";
 
 /// Steps the tokens/s window spans.
 const THROUGHPUT_WINDOW: usize = 20;
@@ -64,6 +72,10 @@ pub struct RunLogSetup<'a> {
     pub world_size: usize,
     /// Training FLOPs per token (6N plus attention).
     pub flops_per_token: f64,
+    /// Seconds the run had already spent before this process (the checkpoint's `elapsed_s`).
+    pub elapsed_before: f64,
+    /// The run validates (`validation.jsonl` is written).
+    pub validates: bool,
 }
 
 /// The TensorBoard sink: its event file is created at the first value written, so resuming a
@@ -93,6 +105,10 @@ impl TensorBoard {
 pub struct RunLog {
     metrics: Option<MetricsSink>,
     tensorboard: Option<TensorBoard>,
+    /// `tb/by_tokens/`: the losses against tokens seen. A directory of its own (a run, to
+    /// TensorBoard), because a resumed session's START marker purges the events at or past its
+    /// step, and that step must be in the same unit as the events it purges.
+    tensorboard_tokens: Option<TensorBoard>,
     progress: Option<ProgressBar>,
     show_progress: bool,
     interval: u64,
@@ -108,6 +124,55 @@ pub struct RunLog {
     waited_steps: u32,
     /// The last epoch count seen, to announce each rollover once.
     data_epochs: Option<u64>,
+    /// `validation.jsonl`, continued like the metrics.
+    validation: Option<MetricsSink>,
+    /// When this process's run log opened, and the run's seconds before it.
+    started: Instant,
+    elapsed_before: f64,
+    /// The last validation loss, for the progress bar.
+    last_val_loss: Option<f64>,
+    /// The MLflow run (`logging.mlflow`), fed from a background thread.
+    mlflow: Option<MlflowSink>,
+    mlflow_config: Option<MlflowConfig>,
+}
+
+/// One line of `validation.jsonl`: the report with the run's clocks.
+#[derive(Serialize)]
+struct ValidationLine<'a> {
+    #[serde(flatten)]
+    report: &'a ValidationReport,
+    tokens_seen: u64,
+    elapsed_s: f64,
+    /// Unix time in seconds.
+    time: f64,
+}
+
+/// A metrics line's numbers, by their JSONL names (`time` and `world_size` left out).
+fn tracked_numbers(record: &MetricsRecord) -> Vec<(String, f64)> {
+    let mut out = vec![
+        ("loss".to_string(), record.loss),
+        ("ce".to_string(), record.ce),
+        ("z_loss".to_string(), record.z_loss),
+        ("lr".to_string(), record.lr),
+        ("grad_norm".to_string(), record.grad_norm),
+        ("tokens_seen".to_string(), record.tokens_seen as f64),
+        ("tokens_per_s".to_string(), record.tokens_per_s),
+    ];
+    out.extend(record.mfu.map(|v| ("mfu".to_string(), v)));
+    out.extend(record.memory.map(|v| ("memory".to_string(), v as f64)));
+    for (key, value) in &record.extras {
+        if let (false, Some(v)) = (key == "time" || key == "world_size", value.as_f64()) {
+            out.push((key.clone(), v));
+        }
+    }
+    out
+}
+
+/// Seconds since the Unix epoch (0 on a clock before it).
+fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl RunLog {
@@ -115,27 +180,42 @@ impl RunLog {
     /// after `start_step`, and `tb/` when TensorBoard is on).
     pub fn open(setup: RunLogSetup<'_>) -> Result<RunLog> {
         let writes = setup.root && !setup.dry_run;
-        let (metrics, tensorboard) = if writes {
+        let mlflow = match (&setup.logging.mlflow, writes) {
+            (Some(config), true) => Some(MlflowSink::start(
+                config,
+                setup.log_dir,
+                recipe_params(&setup.recipe_yaml),
+                setup.start_step > 0,
+            )),
+            _ => None,
+        };
+        let (metrics, (tensorboard, tensorboard_tokens), validation) = if writes {
             let dir = setup.log_dir;
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
             let recipe = dir.join("recipe.yaml");
             std::fs::write(&recipe, &setup.recipe_yaml)
                 .map_err(|e| Error::io("write", &recipe, e))?;
             let metrics = MetricsSink::resume(dir.join("metrics.jsonl"), setup.start_step)?;
-            let tensorboard = match setup.logging.tensorboard {
-                true => Some(TensorBoard {
-                    dir: dir.join("tb"),
-                    writer: None,
-                }),
-                false => None,
+            let validation = setup
+                .validates
+                .then(|| MetricsSink::resume(dir.join("validation.jsonl"), setup.start_step))
+                .transpose()?;
+            let board = |sub: &str| TensorBoard {
+                dir: dir.join(sub),
+                writer: None,
             };
-            (Some(metrics), tensorboard)
+            let tensorboard = match setup.logging.tensorboard {
+                true => (Some(board("tb")), Some(board("tb/by_tokens"))),
+                false => (None, None),
+            };
+            (Some(metrics), tensorboard, validation)
         } else {
-            (None, None)
+            (None, (None, None), None)
         };
         Ok(RunLog {
             metrics,
             tensorboard,
+            tensorboard_tokens,
             progress: None,
             show_progress: writes && setup.logging.progress,
             interval: setup.logging.interval.max(1),
@@ -148,7 +228,138 @@ impl RunLog {
             data_wait: Duration::ZERO,
             waited_steps: 0,
             data_epochs: None,
+            validation,
+            started: Instant::now(),
+            elapsed_before: setup.elapsed_before,
+            last_val_loss: None,
+            mlflow,
+            mlflow_config: setup.logging.mlflow.clone(),
         })
+    }
+
+    /// Ends the tracking run (if any): tags the final checkpoint, waits a bounded time for the
+    /// buffered metrics, and marks the run FINISHED, KILLED (stopped by a signal; a resume
+    /// continues it) or FAILED.
+    pub fn end_tracking(&mut self, status: RunStatus, final_checkpoint: Option<&Path>) {
+        let (Some(sink), Some(config)) = (self.mlflow.take(), &self.mlflow_config) else {
+            return;
+        };
+        let wait = Duration::from_secs(config.finish_timeout_s);
+        if let Some(path) = final_checkpoint {
+            sink.set_tag("corenet.final_checkpoint", &path.display().to_string());
+        }
+        let stats = sink.finish(status, wait);
+        tracing::info!(
+            ?status,
+            sent_batches = stats.sent_batches,
+            failed_requests = stats.failed_requests,
+            dropped_metrics = stats.dropped_metrics,
+            "tracking run ended"
+        );
+    }
+
+    /// Tokens seen as a second x-axis: TensorBoard plots a tag against its own steps, so these
+    /// scalars are logged at step = tokens seen, in `tb/by_tokens/`.
+    fn by_tokens(&mut self, tokens_seen: u64, scalars: &[(&str, f32)]) -> Result<()> {
+        let Some(tb) = &mut self.tensorboard_tokens else {
+            return Ok(());
+        };
+        let tb = tb.writer(tokens_seen)?;
+        tb.add_scalars(tokens_seen as i64, scalars)?;
+        tb.flush()
+    }
+
+    /// Queues metrics for the tracking server at `step`.
+    fn track(&self, step: u64, metrics: Vec<(String, f64)>) {
+        if let Some(sink) = &self.mlflow {
+            sink.log_metrics(step, (unix_time() * 1e3) as i64, &metrics);
+        }
+    }
+
+    /// Redraws `curves.png` next to the metrics (rank 0; at each checkpoint and at the end). A
+    /// picture that cannot be drawn is a warning: it never stops training.
+    pub fn refresh_curves(&self) {
+        let Some(dir) = self.metrics.as_ref().and_then(|m| m.path().parent()) else {
+            return;
+        };
+        let out = dir.join(CURVES_FILE);
+        let drawn = RunCurves::read(dir).and_then(|run| plot(&[run], XAxis::Step, &out));
+        match drawn {
+            Ok(()) => tracing::debug!(path = %out.display(), "loss curves drawn"),
+            Err(e) => {
+                tracing::warn!(path = %out.display(), error = %e, "could not draw the loss curves")
+            }
+        }
+    }
+
+    /// Seconds the run has spent, over every process since its start (resumes included; the
+    /// time between a crash and its last checkpoint is not counted).
+    pub fn elapsed_s(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Records a validation: one line of `validation.jsonl`, TensorBoard scalars (by step, and
+    /// by tokens seen under `by_tokens/`), a `validation` event, and the progress bar.
+    pub fn validation(&mut self, report: &ValidationReport, tokens_seen: u64) -> Result<()> {
+        self.last_val_loss = Some(report.val_loss);
+        let line = ValidationLine {
+            report,
+            tokens_seen,
+            elapsed_s: self.elapsed_s(),
+            time: unix_time(),
+        };
+        if let Some(sink) = &mut self.validation {
+            sink.write_line(report.step, &line)?;
+        }
+        let mut tracked = vec![
+            ("val_loss".to_string(), report.val_loss),
+            ("val_perplexity".to_string(), report.val_perplexity),
+        ];
+        for (name, set) in &report.sources {
+            tracked.push((format!("val/{name}/loss"), set.loss));
+        }
+        for task in &report.tasks {
+            tracked.push((format!("tasks/{}/acc", task.task), task.acc));
+        }
+        self.track(report.step, tracked);
+        if let Some(tb) = &mut self.tensorboard {
+            let mut scalars = vec![
+                ("val/loss".to_string(), report.val_loss as f32),
+                ("val/perplexity".to_string(), report.val_perplexity as f32),
+            ];
+            for (name, set) in &report.sources {
+                scalars.push((format!("val/{name}/loss"), set.loss as f32));
+                scalars.push((format!("val/{name}/perplexity"), set.perplexity as f32));
+            }
+            for task in &report.tasks {
+                scalars.push((format!("tasks/{}/acc", task.task), task.acc as f32));
+            }
+            let named: Vec<(&str, f32)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let tb = tb.writer(report.step)?;
+            tb.add_scalars(report.step as i64, &named)?;
+            tb.flush()?;
+        }
+        self.by_tokens(
+            tokens_seen,
+            &[("by_tokens/val_loss", report.val_loss as f32)],
+        )?;
+        let per_source: Vec<String> = report
+            .sources
+            .iter()
+            .map(|(name, set)| format!("{name}={:.4}", set.loss))
+            .collect();
+        tracing::info!(
+            step = report.step,
+            val_loss = %format_args!("{:.4}", report.val_loss),
+            val_perplexity = %format_args!("{:.2}", report.val_perplexity),
+            sources = %per_source.join(" "),
+            seconds = %format_args!("{:.2}", report.seconds),
+            "validation"
+        );
+        for task in &report.tasks {
+            tracing::info!(step = report.step, task = %task.task, n = task.n, acc = task.acc, acc_norm = ?task.acc_norm, "validation task");
+        }
+        Ok(())
     }
 
     /// Shows the progress bar (when asked for, on rank 0) at `step` of the step budget.
@@ -177,8 +388,12 @@ impl RunLog {
         let tokens_per_s = self.throughput.tokens_per_s().unwrap_or(0.0);
         if let Some(bar) = &self.progress {
             bar.set_position(report.step);
+            let val = self
+                .last_val_loss
+                .map(|v| format!(" val {v:.4}"))
+                .unwrap_or_default();
             bar.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                "loss {:.4}{val} lr {:.2e} {:.0} tok/s",
                 report.loss, report.lr, tokens_per_s
             ));
         }
@@ -205,6 +420,7 @@ impl RunLog {
         };
         self.data_wait = Duration::ZERO;
         self.waited_steps = 0;
+        let elapsed_s = self.elapsed_s();
         let record = MetricsRecord {
             step: report.step,
             loss: report.loss,
@@ -224,23 +440,50 @@ impl RunLog {
         .with_extra("world_size", self.world_size as u64)
         .with_extra("tokens_per_s_per_device", per_device)
         .with_extra("data_wait_ms", data_wait_ms)
-        .with_extra("data_epochs", report.data_epochs);
+        .with_extra("data_epochs", report.data_epochs)
+        .with_extra("elapsed_s", elapsed_s)
+        .with_extra("time", unix_time());
+        let record = match &self.mlflow {
+            Some(sink) => {
+                let stats = sink.stats();
+                record
+                    .with_extra("tracking_pending", stats.pending_metrics)
+                    .with_extra("tracking_failed_requests", stats.failed_requests)
+                    .with_extra("tracking_dropped", stats.dropped_metrics)
+            }
+            None => record,
+        };
+        self.track(report.step, tracked_numbers(&record));
         if let Some(metrics) = &mut self.metrics {
             metrics.write(&record)?;
         }
         if let Some(tb) = &mut self.tensorboard {
-            let scalars = [
+            let mut scalars = vec![
                 ("loss/total_loss", report.loss as f32),
                 ("loss/ce_loss", report.ce as f32),
                 ("loss/z_loss", report.z_loss as f32),
                 ("lr", report.lr as f32),
                 ("grad_norm", report.grad_norm as f32),
                 ("tokens_per_s", tokens_per_s as f32),
+                ("tokens_seen", report.tokens_seen as f32),
+                ("skipped_steps", report.skipped_steps as f32),
+                ("data_wait_ms", data_wait_ms as f32),
+                ("elapsed_s", elapsed_s as f32),
             ];
+            if let Some(mfu) = record.mfu {
+                scalars.push(("mfu", mfu as f32));
+            }
+            if let Some(memory) = record.memory {
+                scalars.push(("memory_gib", (memory as f64 / f64::from(1u32 << 30)) as f32));
+            }
             let tb = tb.writer(report.step)?;
             tb.add_scalars(report.step as i64, &scalars)?;
             tb.flush()?;
         }
+        self.by_tokens(
+            report.tokens_seen,
+            &[("by_tokens/loss", report.loss as f32)],
+        )?;
         // For people reading a log: rounded, with the budget and an ETA (metrics.jsonl keeps
         // full precision for machines).
         let eta = self
@@ -324,6 +567,7 @@ mod tests {
             progress: false,
             dir: None,
             device_peak_flops: peak,
+            mlflow: None,
         };
         RunLog::open(RunLogSetup {
             logging: &logging,
@@ -336,6 +580,8 @@ mod tests {
             device: Device::Cpu,
             world_size,
             flops_per_token: 1e6,
+            elapsed_before: 0.0,
+            validates: false,
         })
         .expect("open")
     }
@@ -390,6 +636,8 @@ mod tests {
             device: Device::Cpu,
             world_size: 1,
             flops_per_token: 1.0,
+            elapsed_before: 0.0,
+            validates: false,
         })
         .expect("open");
         log.start(0);

@@ -16,6 +16,7 @@ use crate::recipe::overrides::{
     apply_overrides, deep_merge, from_tree, parse_yaml_value, Override,
 };
 use crate::recipe::sections::{CheckpointConfig, LoggingConfig, RunConfig, TrainerConfig};
+use crate::validate::EvalConfig;
 
 /// Most intra-op threads a recipe may ask for: far above any machine's cores, low enough that a
 /// typo (100000) fails at once instead of hanging while libtorch creates the threads.
@@ -37,6 +38,9 @@ pub struct Recipe {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Validation during training (off unless `eval.interval` is set).
+    #[serde(default)]
+    pub eval: EvalConfig,
 }
 
 impl Recipe {
@@ -69,6 +73,10 @@ impl Recipe {
             .map_err(|e| Error::config("data", e.to_string()))?;
         self.optimizer.validate()?;
         self.schedule.validate()?;
+        self.eval.validate(&self.data)?;
+        if let Some(mlflow) = &self.logging.mlflow {
+            mlflow.validate()?;
+        }
         let t = &self.trainer;
         for (key, value) in [
             ("trainer.global_batch", t.global_batch as u64),
@@ -167,7 +175,7 @@ impl Recipe {
                 }
             }
         }
-        Ok(())
+        self.eval.validate_files()
     }
 
     /// The tokenizer's ids must fit the model's vocabulary; returns the pad id (the loss
@@ -219,12 +227,14 @@ impl Recipe {
     /// sha256 of the resolved recipe's canonical JSON; stored in every checkpoint.
     ///
     /// Only what shapes the training arithmetic is hashed: `run` (name, directory),
-    /// `checkpoint` (interval, retention, directory) and `logging` are left out, so a run copied
-    /// to another directory, or resumed with a different log interval, is the same recipe.
+    /// `checkpoint` (interval, retention, directory), `logging` and `eval` (validation reads the
+    /// model, never changes it) are left out, so a run copied to another directory, or resumed
+    /// with a different log interval or validation, is the same recipe. (Holding documents back,
+    /// `data.sources.N.hold_back`, changes what is trained on and is hashed.)
     pub fn hash(&self) -> String {
         let mut tree = serde_json::to_value(self).unwrap_or_default();
         if let Some(sections) = tree.as_object_mut() {
-            for section in ["run", "checkpoint", "logging"] {
+            for section in ["run", "checkpoint", "logging", "eval"] {
                 sections.remove(section);
             }
         }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::error::{Error, Result};
+use crate::log::mlflow::MlflowConfig;
 
 /// Numeric precision of the model's weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -148,6 +149,9 @@ pub struct LoggingConfig {
     /// elsewhere. Left out of the resolved recipe when unset, so older recipe hashes hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_peak_flops: Option<f64>,
+    /// An MLflow tracking server to send params and metrics to (docs/monitoring.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<MlflowConfig>,
 }
 
 impl Default for LoggingConfig {
@@ -158,6 +162,7 @@ impl Default for LoggingConfig {
             progress: true,
             dir: None,
             device_peak_flops: None,
+            mlflow: None,
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tch::{nn, Device, Tensor};
 
-use corenet_data::{load_tokenizer, DataStream};
+use corenet_data::{load_tokenizer, DataStream, TextTokenizer};
 use corenet_ffi::Readback;
 use corenet_model::OpenElm;
 
@@ -30,11 +30,12 @@ use crate::checkpoint::contents::{TokenizerFile, TrainState};
 use crate::checkpoint::data_files::agree_data_files;
 use crate::checkpoint::resume::{check_resume_path, choose_checkpoint, restore, Resume};
 use crate::checkpoint::run_lock::RunLock;
-use crate::checkpoint::save::save_checkpoint;
+use crate::checkpoint::save::{save_checkpoint, SaveParts};
 use crate::checkpoint::store::CheckpointStore;
 use crate::dist::launcher_env::{rank_device, trainer_env};
 use crate::dist::{DataParallel, DistEnv};
 use crate::error::{Error, Result};
+use crate::log::mlflow::RunStatus;
 use crate::log::run_log::{RunLogSetup, StepReport};
 use crate::log::RunLog;
 use crate::optim::{Optimizer, Schedule};
@@ -44,6 +45,7 @@ use crate::step::forward_backward::{parameter_stages, Stage};
 use crate::step::train_step::{
     optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
 };
+use crate::validate::{build_sets, Validator};
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -156,6 +158,12 @@ pub struct Trainer {
     _locks: Vec<RunLock>,
     /// Copied into every checkpoint.
     tokenizer_file: TokenizerFile,
+    /// The run's tokenizer (validation's zero-shot tasks encode with it).
+    tokenizer: Arc<dyn TextTokenizer>,
+    /// Scores the `eval:` section's sets (None when validation is off, and in dry runs).
+    validator: Option<Validator>,
+    /// Step and loss of the last validation.
+    last_validation: Option<(u64, f64)>,
 }
 
 impl Trainer {
@@ -172,6 +180,15 @@ impl Trainer {
         let tokenizer = load_tokenizer(&recipe.data.tokenizer)?;
         let tokenizer_file = TokenizerFile::read(&recipe.data.tokenizer)?;
         let pad_id = recipe.check_vocabulary(tokenizer.as_ref())?;
+        // Before anything is written: a refused held-out source fails fast.
+        let validator = match recipe.eval.enabled() && !options.dry_run {
+            true => Some(Validator::new(
+                build_sets(&recipe, tokenizer.as_ref())?,
+                &recipe.eval,
+                recipe.model.max_context_length,
+            )?),
+            false => None,
+        };
         if let Some(threads) = recipe.trainer.threads {
             tch::set_num_threads(threads as i32);
         }
@@ -286,6 +303,8 @@ impl Trainer {
             device,
             world_size: world,
             flops_per_token: recipe.model.training_flops_per_token(recipe.data.seq_len)?,
+            elapsed_before: state.elapsed_s,
+            validates: validator.is_some(),
         })?;
         let settings = StepSettings {
             // Dry runs take one micro-batch per step (the arithmetic above was still checked).
@@ -331,6 +350,9 @@ impl Trainer {
             log,
             _locks: locks,
             tokenizer_file,
+            tokenizer,
+            validator,
+            last_validation: None,
         })
     }
 
@@ -355,8 +377,20 @@ impl Trainer {
         Ok(host[values::LOSS])
     }
 
-    /// Runs until the recipe's step budget (or `stop_at`, or a stop request).
+    /// Runs until the recipe's step budget (or `stop_at`, or a stop request), then ends the
+    /// tracking run: finished, killed (a signal; a resume continues it) or failed.
     pub fn train(&mut self) -> Result<RunSummary> {
+        let outcome = self.train_steps();
+        let (status, last) = match &outcome {
+            Ok(s) if s.interrupted => (RunStatus::Killed, None),
+            Ok(s) => (RunStatus::Finished, Some(self.store.dir_for(s.final_step))),
+            Err(_) => (RunStatus::Failed, None),
+        };
+        self.log.end_tracking(status, last.as_deref());
+        outcome
+    }
+
+    fn train_steps(&mut self) -> Result<RunSummary> {
         let start_step = self.state.step;
         let total = self.recipe.trainer.steps;
         let end = self.options.stop_at.map_or(total, |s| s.min(total));
@@ -384,6 +418,11 @@ impl Trainer {
             if let Some(ready) = ready {
                 self.settle(ready, &mut in_flight, &mut summary)?;
             }
+            let eval_interval = self.recipe.eval.interval;
+            if self.validator.is_some() && self.state.step.is_multiple_of(eval_interval) {
+                self.settle_all(&mut in_flight, &mut summary)?;
+                self.validate()?;
+            }
             let interval = self.recipe.checkpoint.interval;
             if interval > 0 && self.state.step.is_multiple_of(interval) {
                 self.settle_all(&mut in_flight, &mut summary)?;
@@ -391,9 +430,16 @@ impl Trainer {
             }
         }
         self.settle_all(&mut in_flight, &mut summary)?;
+        let finished = self.state.step == total;
+        let validated = self.last_validation.map(|(step, _)| step);
+        if finished && !summary.interrupted && validated != Some(self.state.step) {
+            self.validate()?;
+        }
         self.log.finish();
-        if self.last_saved != Some(self.state.step) {
-            self.save()?;
+        match self.last_saved == Some(self.state.step) {
+            // A validation after that save is in the metrics but not yet in the picture.
+            true => self.log.refresh_curves(),
+            false => self.save()?,
         }
         summary.final_step = self.state.step;
         summary.skipped_steps = self.state.skipped_steps;
@@ -518,18 +564,48 @@ impl Trainer {
         }
     }
 
+    /// Scores the validation sets at the current step (every rank; no-op without an `eval:`
+    /// section) and logs the result. The tasks are scored every `eval.task_interval` steps and
+    /// at the end of the budget.
+    fn validate(&mut self) -> Result<()> {
+        let Some(validator) = &self.validator else {
+            return Ok(());
+        };
+        let step = self.state.step;
+        let with_tasks = validator.tasks_due(step, step == self.recipe.trainer.steps);
+        let report = validator.run(
+            step,
+            &self.model,
+            self.tokenizer.as_ref(),
+            self.dp.as_ref(),
+            with_tasks,
+        )?;
+        self.last_validation = Some((step, report.val_loss));
+        self.log.validation(&report, self.state.tokens_seen)
+    }
+
     /// Writes a checkpoint of the current state ([`save_checkpoint`]); in a data-parallel run
     /// every rank must call it.
     pub fn save(&mut self) -> Result<()> {
+        self.state.elapsed_s = self.log.elapsed_s();
+        let step = self.state.step;
+        let validation_loss = self
+            .last_validation
+            .filter(|(at, _)| *at == step)
+            .map(|(_, loss)| loss);
         save_checkpoint(
             &self.store,
             &self.model,
             &self.optim,
-            &self.tokenizer_file,
             self.dp.as_ref(),
-            &self.state,
+            SaveParts {
+                tokenizer: &self.tokenizer_file,
+                state: &self.state,
+                validation_loss,
+            },
         )?;
         self.last_saved = Some(self.state.step);
+        self.log.refresh_curves();
         Ok(())
     }
 }
