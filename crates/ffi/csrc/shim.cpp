@@ -375,6 +375,56 @@ char* shim_store_get(void* h, const char* key, uint8_t** out, size_t* out_len) {
   });
 }
 
+// A second reference to the group's key store, for another thread: c10d's TCPStore serialises
+// its own operations (one lock per client), and the reference keeps the client alive after the
+// process group is destroyed.
+struct SharedStore {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+char* shim_store_share(void* h, void** out) {
+  return guarded([&] {
+    *out = nullptr;
+    *out = new SharedStore{dist(h).user};
+  });
+}
+
+void shim_store_release(void* s) {
+  delete static_cast<SharedStore*>(s);
+}
+
+char* shim_shared_store_set(void* s, const char* key, const uint8_t* data, size_t len) {
+  return guarded([&] {
+    static_cast<SharedStore*>(s)->store->set(std::string(key),
+                                             std::vector<uint8_t>(data, data + len));
+  });
+}
+
+// Waits (up to the store's timeout) for `key`, like `shim_store_get`.
+char* shim_shared_store_get(void* s, const char* key, uint8_t** out, size_t* out_len) {
+  return guarded([&] {
+    *out = nullptr;
+    *out_len = 0;
+    std::vector<uint8_t> v = static_cast<SharedStore*>(s)->store->get(std::string(key));
+    uint8_t* buf = static_cast<uint8_t*>(std::malloc(v.empty() ? 1 : v.size()));
+    if (buf == nullptr) {
+      throw std::bad_alloc();
+    }
+    if (!v.empty()) {
+      std::memcpy(buf, v.data(), v.size());
+    }
+    *out = buf;
+    *out_len = v.size();
+  });
+}
+
+// Whether `key` is set, without waiting.
+char* shim_shared_store_check(void* s, const char* key, int* out) {
+  return guarded([&] {
+    *out = static_cast<SharedStore*>(s)->store->check({std::string(key)}) ? 1 : 0;
+  });
+}
+
 // One AdamW step over a parameter group with `at::_fused_adamw_`. `steps` are f32 scalar
 // tensors (one per parameter) holding the number of updates taken so far; they are incremented
 // here first, as PyTorch's Python optimizer does (the kernel itself does not). `found_inf` may

@@ -24,5 +24,5 @@ mod shim;
 pub use error::{Error, Result};
 pub use mapped_file::MappedFile;
 pub use multi_tensor::{clear_gradients, foreach_grad_norm, fused_adamw_step, FusedAdamW};
-pub use process_group::{Backend, PendingReduce, ProcessGroup, ReduceOp, Rendezvous};
+pub use process_group::{Backend, PendingReduce, ProcessGroup, ReduceOp, Rendezvous, SharedStore};
 pub use readback::Readback;

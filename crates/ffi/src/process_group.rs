@@ -335,21 +335,98 @@ impl ProcessGroup {
         // SAFETY: `c_key` is valid for the call; `data` and `len` are valid out-pointers.
         let err = unsafe { shim::shim_store_get(self.handle, c_key.as_ptr(), &mut data, &mut len) };
         self.check(&format!("store_get `{key}`"), err)?;
-        if data.is_null() {
-            return Ok(Vec::new());
-        }
-        // SAFETY: on success the shim returns a malloc'd buffer of `len` bytes that we own.
-        let value = unsafe { std::slice::from_raw_parts(data, len) }.to_vec();
-        // SAFETY: allocated with malloc by the shim and not used after this point.
-        unsafe { shim::shim_free(data.cast()) };
-        Ok(value)
+        // SAFETY: on success the shim returned a malloc'd buffer of `len` bytes (or null).
+        Ok(unsafe { shim::take_buffer(data, len) })
     }
 
     fn key(&self, op: &str, key: &str) -> Result<CString> {
-        CString::new(key).map_err(|_| Error::Dist {
-            op: op.into(),
-            message: format!("key {key:?} contains a NUL byte"),
+        store_key(op, key)
+    }
+
+    /// A handle on the group's key store that another thread may use (a background checkpoint
+    /// writer agreeing with the other ranks while this thread runs collectives). It stays valid
+    /// after the group is dropped.
+    pub fn shared_store(&self) -> Result<SharedStore> {
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        // SAFETY: live handle; `handle` is a valid out-pointer.
+        let err = unsafe { shim::shim_store_share(self.handle, &mut handle) };
+        self.check("store_share", err)?;
+        Ok(SharedStore {
+            handle,
+            who: format!(
+                "rank {}/{}",
+                self.rendezvous.rank, self.rendezvous.world_size
+            ),
         })
+    }
+}
+
+fn store_key(op: &str, key: &str) -> Result<CString> {
+    CString::new(key).map_err(|_| Error::Dist {
+        op: op.into(),
+        message: format!("key {key:?} contains a NUL byte"),
+    })
+}
+
+/// The keys of [`ProcessGroup::store_set`] and [`ProcessGroup::store_get`], from any thread.
+#[derive(Debug)]
+pub struct SharedStore {
+    handle: *mut c_void,
+    who: String,
+}
+
+// SAFETY: the handle owns a reference to a c10d TCPStore client, which locks around each of its
+// operations, so it may be used from several threads at once and dropped on any of them.
+unsafe impl Send for SharedStore {}
+unsafe impl Sync for SharedStore {}
+
+impl SharedStore {
+    fn check(&self, op: &str, err: *mut std::ffi::c_char) -> Result<()> {
+        shim::check(err).map_err(|message| Error::Dist {
+            op: op.into(),
+            message: format!("{}: {message}", self.who),
+        })
+    }
+
+    /// Publishes `value` under `key`.
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        let c_key = store_key("store_set", key)?;
+        // SAFETY: live handle; `c_key` and `value` are valid for the call; the shim copies them.
+        let err = unsafe {
+            shim::shim_shared_store_set(self.handle, c_key.as_ptr(), value.as_ptr(), value.len())
+        };
+        self.check("store_set", err)
+    }
+
+    /// Reads `key`, waiting up to the group's timeout for some rank to set it.
+    pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let c_key = store_key("store_get", key)?;
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut len = 0usize;
+        // SAFETY: live handle; `c_key` is valid; `data` and `len` are valid out-pointers.
+        let err = unsafe {
+            shim::shim_shared_store_get(self.handle, c_key.as_ptr(), &mut data, &mut len)
+        };
+        self.check(&format!("store_get `{key}`"), err)?;
+        // SAFETY: on success the shim returned a malloc'd buffer of `len` bytes (or null).
+        Ok(unsafe { shim::take_buffer(data, len) })
+    }
+
+    /// Whether `key` is set, without waiting.
+    pub fn contains(&self, key: &str) -> Result<bool> {
+        let c_key = store_key("store_check", key)?;
+        let mut found: c_int = 0;
+        // SAFETY: live handle; `c_key` is valid; `found` is a valid out-pointer.
+        let err = unsafe { shim::shim_shared_store_check(self.handle, c_key.as_ptr(), &mut found) };
+        self.check(&format!("store_check `{key}`"), err)?;
+        Ok(found != 0)
+    }
+}
+
+impl Drop for SharedStore {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `shim_store_share` and is released exactly once.
+        unsafe { shim::shim_store_release(self.handle) };
     }
 }
 

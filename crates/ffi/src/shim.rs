@@ -63,6 +63,26 @@ extern "C" {
         out_len: *mut usize,
     ) -> *mut c_char;
 
+    pub(crate) fn shim_store_share(h: *mut c_void, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn shim_store_release(s: *mut c_void);
+    pub(crate) fn shim_shared_store_set(
+        s: *mut c_void,
+        key: *const c_char,
+        data: *const u8,
+        len: usize,
+    ) -> *mut c_char;
+    pub(crate) fn shim_shared_store_get(
+        s: *mut c_void,
+        key: *const c_char,
+        out: *mut *mut u8,
+        out_len: *mut usize,
+    ) -> *mut c_char;
+    pub(crate) fn shim_shared_store_check(
+        s: *mut c_void,
+        key: *const c_char,
+        out: *mut c_int,
+    ) -> *mut c_char;
+
     pub(crate) fn shim_fused_adamw(
         params: *const *const C_tensor,
         grads: *const *const C_tensor,
@@ -110,4 +130,21 @@ pub(crate) fn check(err: *mut c_char) -> Result<(), String> {
 /// Pointers to the `at::Tensor` handles of `ts`, for the list-taking entry points.
 pub(crate) fn tensor_ptrs(ts: &[tch::Tensor]) -> Vec<*const C_tensor> {
     ts.iter().map(|t| t.as_ptr()).collect()
+}
+
+/// Copies a malloc'd buffer of `len` bytes the shim handed over into a `Vec` and frees it; null
+/// is empty.
+///
+/// # Safety
+/// `data` is null or a buffer of at least `len` bytes allocated with malloc, owned by the caller
+/// and not used after this call.
+pub(crate) unsafe fn take_buffer(data: *mut u8, len: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: per the contract above.
+    let value = unsafe { std::slice::from_raw_parts(data, len) }.to_vec();
+    // SAFETY: allocated with malloc by the shim and not used after this point.
+    unsafe { shim_free(data.cast()) };
+    value
 }

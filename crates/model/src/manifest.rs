@@ -197,14 +197,18 @@ pub fn seal(
         files: digest_and_sync_tree(dir)?,
         metadata,
     };
+    write_manifest(dir, &manifest)?;
+    Ok(manifest)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Json {
+    let json = serde_json::to_vec_pretty(manifest).map_err(|source| Error::Json {
         path: path.clone(),
         source,
     })?;
     write_synced(&path, &json)?;
-    sync_dir(dir)?;
-    Ok(manifest)
+    sync_dir(dir)
 }
 
 /// Fsyncs a directory, so that the names created in it survive a crash (a no-op off Unix).
@@ -234,11 +238,81 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
+    let mut files = BTreeMap::new();
+    walk_files(root, |rel, path| {
+        files.insert(rel, sync_and_digest(path)?);
+        Ok(())
+    })?;
+    Ok(files)
+}
+
+/// Fsyncs the file at `path` and returns its size and SHA-256: how each writer of a checkpoint
+/// written by several processes seals its own files (see [`seal_with`]).
+pub fn sync_and_digest(path: &Path) -> Result<FileDigest> {
+    // Open for writing only to fsync; some platforms refuse fsync on read-only handles.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    f.sync_all().map_err(|e| io_err(path, e))?;
+    digest_reader(&mut f, path)
+}
+
+/// Writes `dir/manifest.json` over files whose writers synced and hashed them themselves (each
+/// rank its own part, [`sync_and_digest`]). The folder must hold exactly the files of `files`,
+/// each of its size; an extra, missing or resized file is an error naming it.
+pub fn seal_with(
+    dir: &Path,
+    step: u64,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    files: BTreeMap<String, FileDigest>,
+) -> Result<Manifest> {
+    let bad = |reason: String| Error::Checkpoint {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let mut found = BTreeMap::new();
+    walk_files(dir, |rel, path| {
+        let size = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
+        found.insert(rel, size);
+        Ok(())
+    })?;
+    for (name, digest) in &files {
+        match found.remove(name) {
+            None => return Err(bad(format!("`{name}` was reported written but is missing"))),
+            Some(size) if size != digest.size => {
+                return Err(bad(format!(
+                    "`{name}` is {size} bytes, its writer reported {}",
+                    digest.size
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = found.keys().next() {
+        return Err(bad(format!(
+            "`{extra}` was written by no writer that reported"
+        )));
+    }
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        step,
+        files,
+        metadata,
+    };
+    write_manifest(dir, &manifest)?;
+    Ok(manifest)
+}
+
+/// Calls `visit(relative path, path)` for every regular file under `root` (fsyncing each
+/// directory after its listing), refusing the reserved manifest name and anything that is
+/// neither a file nor a directory.
+fn walk_files(root: &Path, mut visit: impl FnMut(String, &Path) -> Result<()>) -> Result<()> {
     let bad = |reason: String| Error::Checkpoint {
         dir: root.to_path_buf(),
         reason,
     };
-    let mut files = BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         for item in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
@@ -261,14 +335,7 @@ fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
                         "the writer created `{MANIFEST_FILE}`, a name the store reserves"
                     )));
                 }
-                // Open for writing only to fsync; some platforms refuse fsync on read-only handles.
-                let mut f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io_err(&path, e))?;
-                f.sync_all().map_err(|e| io_err(&path, e))?;
-                files.insert(rel, digest_reader(&mut f, &path)?);
+                visit(rel, &path)?;
             } else {
                 return Err(bad(format!(
                     "`{rel}` is not a regular file or directory (symlinks are not allowed)"
@@ -277,5 +344,5 @@ fn digest_and_sync_tree(root: &Path) -> Result<BTreeMap<String, FileDigest>> {
         }
         sync_dir(&dir)?;
     }
-    Ok(files)
+    Ok(())
 }

@@ -110,6 +110,12 @@ impl OpenElm {
     pub fn load_safetensors(&self, path: &Path) -> Result<()> {
         copy_tensors(self, &[path.to_path_buf()], false)
     }
+
+    /// [`Self::load_safetensors`] over several files that together hold every tensor once (the
+    /// per-rank parts of a data-parallel checkpoint).
+    pub fn load_safetensors_files(&self, paths: &[PathBuf]) -> Result<()> {
+        copy_tensors(self, paths, false)
+    }
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {

@@ -1,323 +1,24 @@
-//! Data-parallel training on Gloo over loopback. As in tests/dist.rs, multi-rank tests re-run
-//! this test binary as child processes (one per rank, `CORENET_DDP_CHILD` set, `--exact NAME`
-//! selecting the test) with torchrun-style environment variables; each child reads the recipe
-//! the parent wrote and trains. The parent checks exit codes, output and the run directories,
-//! and kills children that outlive a deadline, so a hang fails the test instead of stalling it.
+//! Data-parallel training on Gloo over loopback: ranks are child processes of this test binary
+//! (tests/ranks/mod.rs); the parent checks their exit codes, output and run directories.
 
 mod common;
+mod ranks;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use corenet_train::checkpoint::contents::TrainState;
-use corenet_train::dist::DistEnv;
 use corenet_train::log::metrics::read_metrics;
-use corenet_train::recipe::overrides::Override;
 use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
+use ranks::*;
 use serde_json::Value;
-
-const ROLE_VAR: &str = "CORENET_DDP_CHILD";
-/// The recipe tree (JSON) the child trains.
-const RECIPE_VAR: &str = "CORENET_DDP_RECIPE";
-/// `fresh` (default) or `auto`.
-const RESUME_VAR: &str = "CORENET_DDP_RESUME";
-const STOP_AT_VAR: &str = "CORENET_DDP_STOP_AT";
-/// One more `--set` override for this child only.
-const EXTRA_VAR: &str = "CORENET_DDP_EXTRA";
-const TIMEOUT_VAR: &str = "CORENET_DDP_TIMEOUT_S";
 
 /// The MFU comparison times runs, so it takes the machine alone; the other tests share it.
 static MACHINE: RwLock<()> = RwLock::new(());
 
 fn machine_shared() -> RwLockReadGuard<'static, ()> {
     MACHINE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn recipe_tree(value: &Value, sets: &[&str]) -> Value {
-    let mut tree = value.clone();
-    for s in sets {
-        Override::parse(s)
-            .expect("override")
-            .apply(&mut tree)
-            .expect("apply");
-    }
-    tree
-}
-
-fn recipe(value: &Value, sets: &[&str]) -> Recipe {
-    Recipe::from_value(recipe_tree(value, sets)).expect("recipe")
-}
-
-// --- the child: one rank -----------------------------------------------------------------------
-
-fn child() {
-    let env = DistEnv::from_env().expect("launcher env").expect("set");
-    let text = std::fs::read_to_string(std::env::var(RECIPE_VAR).expect("recipe var"))
-        .expect("read recipe");
-    let mut tree: Value = serde_json::from_str(&text).expect("recipe json");
-    if let Ok(extra) = std::env::var(EXTRA_VAR) {
-        tree = recipe_tree(&tree, &[&extra]);
-    }
-    let recipe = Recipe::from_value(tree).expect("recipe");
-    let resume = match std::env::var(RESUME_VAR).as_deref() {
-        Ok("auto") => Resume::Auto,
-        _ => Resume::Fresh,
-    };
-    let stop_at = std::env::var(STOP_AT_VAR)
-        .ok()
-        .map(|s| s.parse().expect("stop at"));
-    let timeout = std::env::var(TIMEOUT_VAR)
-        .ok()
-        .map_or(20, |s| s.parse().expect("timeout"));
-    let options = TrainOptions {
-        resume,
-        stop_at,
-        rank: env.rank,
-        world_size: env.world_size,
-        dist: Some(env.clone()),
-        dist_timeout: Some(Duration::from_secs(timeout)),
-        ..TrainOptions::default()
-    };
-    let outcome = Trainer::new(recipe, options).and_then(|mut trainer| trainer.train());
-    match outcome {
-        Ok(summary) => println!("DDP_OK rank {} step {}", env.rank, summary.final_step),
-        Err(err) => {
-            println!("DDP_ERR rank {}: {err}", env.rank);
-            // The trainer (and its process group) has been dropped normally by now.
-            std::process::exit(3);
-        }
-    }
-}
-
-// --- the parent: spawning and watching ranks ------------------------------------------------
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
-struct Ranks {
-    children: Vec<Child>,
-    logs: PathBuf,
-}
-
-struct RankResult {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Starts `world` ranks of test `test`, training the recipe tree `tree`; `env(rank)` adds
-/// variables for one rank.
-fn spawn_ranks(
-    test: &str,
-    dir: &Path,
-    tree: &Value,
-    world: usize,
-    env: impl Fn(usize) -> HashMap<&'static str, String>,
-) -> Ranks {
-    let exe = std::env::current_exe().expect("current exe");
-    let port = free_port();
-    let logs = tempfile::Builder::new()
-        .prefix("logs")
-        .tempdir_in(dir)
-        .expect("log dir")
-        .keep();
-    let recipe_path = logs.join("recipe.json");
-    std::fs::write(&recipe_path, serde_json::to_string(tree).expect("json")).expect("write");
-    let children = (0..world)
-        .map(|rank| {
-            let out = std::fs::File::create(logs.join(format!("{rank}.out"))).expect("out");
-            let err = std::fs::File::create(logs.join(format!("{rank}.err"))).expect("err");
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-                .env(ROLE_VAR, "rank")
-                .env(RECIPE_VAR, &recipe_path)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("LOCAL_WORLD_SIZE", world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err);
-            for (k, v) in env(rank) {
-                cmd.env(k, v);
-            }
-            cmd.spawn().expect("spawn a rank")
-        })
-        .collect();
-    Ranks { children, logs }
-}
-
-impl Ranks {
-    fn logs(&self) -> String {
-        (0..self.children.len())
-            .map(|r| {
-                let read = |ext: &str| {
-                    std::fs::read_to_string(self.logs.join(format!("{r}.{ext}")))
-                        .unwrap_or_default()
-                };
-                format!(
-                    "--- rank {r} stdout:\n{}\n--- rank {r} stderr:\n{}",
-                    read("out"),
-                    read("err")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits for every rank; kills all and panics (a hang) after `deadline`.
-    fn wait(mut self, deadline: Duration) -> Vec<RankResult> {
-        let start = Instant::now();
-        let world = self.children.len();
-        let mut codes: Vec<Option<Option<i32>>> = vec![None; world];
-        while codes.iter().any(Option::is_none) {
-            for (rank, child) in self.children.iter_mut().enumerate() {
-                if codes[rank].is_none() {
-                    codes[rank] = child.try_wait().expect("try_wait").map(|s| s.code());
-                }
-            }
-            if start.elapsed() > deadline {
-                for child in &mut self.children {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                panic!(
-                    "ranks still running after {deadline:?} (a hang):\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        codes
-            .into_iter()
-            .enumerate()
-            .map(|(rank, code)| RankResult {
-                code: code.flatten(),
-                stdout: std::fs::read_to_string(self.logs.join(format!("{rank}.out")))
-                    .unwrap_or_default(),
-                stderr: std::fs::read_to_string(self.logs.join(format!("{rank}.err")))
-                    .unwrap_or_default(),
-            })
-            .collect()
-    }
-}
-
-fn assert_ok(results: &[RankResult], step: u64) {
-    for (rank, r) in results.iter().enumerate() {
-        assert!(
-            r.code == Some(0)
-                && r.stdout
-                    .contains(&format!("DDP_OK rank {rank} step {step}")),
-            "rank {rank} failed ({:?}):\n--- stdout:\n{}\n--- stderr:\n{}",
-            r.code,
-            r.stdout,
-            r.stderr
-        );
-    }
-}
-
-/// Runs 2 ranks to completion and checks they both ended at `step`.
-fn train_2_ranks(
-    test: &str,
-    dir: &Path,
-    tree: &Value,
-    env: impl Fn(usize) -> HashMap<&'static str, String>,
-    step: u64,
-) {
-    let results = spawn_ranks(test, dir, tree, 2, env).wait(Duration::from_secs(240));
-    assert_ok(&results, step);
-}
-
-fn no_env(_: usize) -> HashMap<&'static str, String> {
-    HashMap::new()
-}
-
-fn newest_checkpoint(run_dir: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
-        .expect("checkpoints")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-        })
-        .collect();
-    dirs.sort();
-    dirs.pop().expect("a checkpoint")
-}
-
-fn load_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).expect("read safetensors");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn max_abs_diff(a: &Path, b: &Path) -> f32 {
-    let (ta, tb) = (load_tensors(a), load_tensors(b));
-    assert_eq!(ta.len(), tb.len(), "same tensors");
-    let mut worst = 0f32;
-    for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
-        assert_eq!(na, nb);
-        assert_eq!(va.len(), vb.len(), "{na}");
-        for (x, y) in va.iter().zip(vb) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    worst
-}
-
-fn read_state(checkpoint: &Path) -> TrainState {
-    serde_json::from_slice(&std::fs::read(checkpoint.join("train_state.json")).expect("state"))
-        .expect("state json")
-}
-
-/// The tiny setup with a 2-rank-friendly layout: global batch 8 = 2 ranks × micro 4.
-fn base(dir: &Path) -> Value {
-    recipe_tree(
-        &common::setup(dir),
-        &[
-            "trainer.steps=6",
-            "checkpoint.interval=3",
-            // ~10 KiB buckets: the tiny model's gradients span several.
-            "trainer.bucket_mb=0.01",
-        ],
-    )
-}
-
-/// Trains `tree` as one process with 2 data workers (what 2 ranks of 1 worker each read) in
-/// `run_dir`; returns the final step.
-fn train_one_process(tree: &Value, run_dir: &Path) -> u64 {
-    let single = recipe(
-        tree,
-        &["data.workers=2", &format!("run.dir={}", run_dir.display())],
-    );
-    let options = TrainOptions {
-        world_size: 1,
-        ..TrainOptions::default()
-    };
-    let mut trainer = Trainer::new(single, options).expect("single-process trainer");
-    trainer.train().expect("train").final_step
 }
 
 // --- (a) 2 ranks × b == 1 process × 2 accumulation steps of b ---------------------------------
@@ -387,13 +88,10 @@ fn two_ranks_match_one_process(test: &str, sets: &[&str]) {
     let a = newest_checkpoint(&ddp_dir);
     let b = newest_checkpoint(&single_dir);
     assert!(a.ends_with("step-00000006") && b.ends_with("step-00000006"));
-    let diff = max_abs_diff(&a.join("model.safetensors"), &b.join("model.safetensors"));
+    let diff = max_abs_diff(&a, &b, Part::Model);
     eprintln!("max weight difference: {diff}");
     assert!(diff <= 1e-5, "weights differ by {diff}");
-    let diff = max_abs_diff(
-        &a.join("optimizer.safetensors"),
-        &b.join("optimizer.safetensors"),
-    );
+    let diff = max_abs_diff(&a, &b, Part::Optimizer);
     eprintln!("max optimizer-state difference: {diff}");
     assert!(diff <= 1e-5, "optimizer states differ by {diff}");
 
@@ -474,12 +172,13 @@ fn two_rank_checkpoint_resumes(test: &str, sets: &[&str]) {
     train_2_ranks(test, dir.path(), &split, resume, 6);
 
     let straight_end = newest_checkpoint(&straight_dir);
-    let a = std::fs::read(straight_end.join("model.safetensors")).expect("a");
-    let b = std::fs::read(newest_checkpoint(&split_dir).join("model.safetensors")).expect("b");
-    assert!(
-        a == b,
-        "the resumed 2-rank run's weights differ from the straight run's"
-    );
+    let split_end = newest_checkpoint(&split_dir);
+    for part in [Part::Model, Part::Optimizer] {
+        assert!(
+            checkpoint_values(&straight_end, part) == checkpoint_values(&split_end, part),
+            "the resumed 2-rank run's state differs from the straight run's"
+        );
+    }
     let ma = read_metrics(straight_dir.join("metrics.jsonl")).expect("metrics");
     let mb = read_metrics(split_dir.join("metrics.jsonl")).expect("metrics");
     assert_eq!(ma.len(), mb.len());
@@ -513,10 +212,7 @@ fn two_rank_checkpoint_resumes(test: &str, sets: &[&str]) {
     assert_eq!(trainer.state().step, 4);
     let summary = trainer.train().expect("continue on 1 rank");
     assert_eq!((summary.start_step, summary.final_step), (4, 6));
-    let diff = max_abs_diff(
-        &straight_end.join("model.safetensors"),
-        &newest_checkpoint(&one_dir).join("model.safetensors"),
-    );
+    let diff = max_abs_diff(&straight_end, &newest_checkpoint(&one_dir), Part::Model);
     eprintln!("2 ranks vs 2 → 1 rank: max weight difference {diff}");
     assert!(diff <= 1e-5, "weights differ by {diff}");
     let mo = read_metrics(one_dir.join("metrics.jsonl")).expect("metrics");

@@ -41,8 +41,12 @@ pub fn average_checkpoints(inputs: &[CheckpointEntry], out: &Path) -> Result<Man
         }
     }
     let staged = StagedFolder::create(out)?;
-    let files: Vec<PathBuf> = inputs.iter().map(|i| i.dir.join(MODEL_FILE)).collect();
-    average_model_files(&files, &staged.path().join(MODEL_FILE))?;
+    // A checkpoint written by several ranks holds its weights in one file per rank.
+    let files = inputs
+        .iter()
+        .map(|i| Ok(corenet_model::pretrained::weight_files(&i.dir)?))
+        .collect::<Result<Vec<_>>>()?;
+    average_models(&files, &staged.path().join(MODEL_FILE))?;
     let target = staged.path().join(MODEL_CONFIG_FILE);
     std::fs::write(&target, &config).map_err(|e| Error::io("write", &target, e))?;
     if let Some(from) = tokenizer_in_folder(&newest.dir) {
@@ -65,18 +69,36 @@ fn parse_json(path: &Path, bytes: &[u8]) -> Result<serde_json::Value> {
 
 /// Averages the model files `paths` (same tensor names and shapes) into `out`.
 pub fn average_model_files(paths: &[PathBuf], out: &Path) -> Result<()> {
-    let (first, rest) = paths
+    let inputs: Vec<Vec<PathBuf>> = paths.iter().map(|p| vec![p.clone()]).collect();
+    average_models(&inputs, out)
+}
+
+/// Every tensor of a model stored in `files` (one, or a checkpoint's per-rank parts).
+fn load_model(files: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
+    let mut tensors = Vec::new();
+    for file in files {
+        tensors.extend(corenet_model::load_tensors(file)?);
+    }
+    Ok(tensors)
+}
+
+/// Averages models, each stored in one or more files, into the single file `out`.
+fn average_models(inputs: &[Vec<PathBuf>], out: &Path) -> Result<()> {
+    let (first_files, rest) = inputs
         .split_first()
         .ok_or_else(|| Error::config("checkpoint average", "no checkpoints to average"))?;
-    let mut sums: BTreeMap<String, (Tensor, Kind)> = corenet_model::load_tensors(first)?
+    let first = first_files.first().cloned().unwrap_or_default();
+    let mut sums: BTreeMap<String, (Tensor, Kind)> = load_model(first_files)?
         .into_iter()
         .map(|(name, t)| {
             let kind = t.kind();
             (name, (t.to_kind(Kind::Double), kind))
         })
         .collect();
-    for path in rest {
-        let tensors = corenet_model::load_tensors(path)?;
+    for files in rest {
+        let path = files.first().cloned().unwrap_or_default();
+        let path = &path;
+        let tensors = load_model(files)?;
         if tensors.len() != sums.len() {
             return Err(Error::Checkpoint {
                 dir: path.clone(),
@@ -106,7 +128,7 @@ pub fn average_model_files(paths: &[PathBuf], out: &Path) -> Result<()> {
             *sum += t.to_kind(Kind::Double);
         }
     }
-    let n = paths.len() as f64;
+    let n = inputs.len() as f64;
     let averaged: Vec<(String, Tensor)> = sums
         .into_iter()
         .map(|(name, (sum, kind))| (name, (sum / n).to_kind(kind)))

@@ -1,5 +1,6 @@
 //! What a checkpoint holds: `model.safetensors` (HF tensor names), `optimizer.safetensors`
-//! (per-parameter AdamW state), the model's config, the run's tokenizer (`tokenizer.json` or
+//! (per-parameter AdamW state) — or, written by several ranks, their per-rank parts
+//! ([`crate::checkpoint::rank_parts`]) — the model's config, the run's tokenizer (`tokenizer.json` or
 //! `tokenizer.model`, byte for byte), and `train_state.json` — counters, the data-stream
 //! position and the recipe hash (and, for data-parallel runs, every rank's data-stream
 //! position). With model, config and tokenizer inside, a checkpoint is exported, evaluated or
@@ -8,11 +9,11 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use corenet_data::{resolve_tokenizer, tokenizer_in_folder, StreamState, TokenizerKind};
 use corenet_model::OpenElm;
 
+use crate::checkpoint::rank_parts::{FlatSource, OptimizerIndex};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 
@@ -120,29 +121,6 @@ impl TokenizerFile {
     }
 }
 
-/// Writes model, optimizer, tokenizer and state into `dir` (a fresh checkpoint directory).
-pub fn write_checkpoint(
-    dir: &Path,
-    model: &OpenElm,
-    optimizer_tensors: &[(String, Tensor)],
-    tokenizer: &TokenizerFile,
-    state: &TrainState,
-) -> Result<()> {
-    model.save_safetensors(&dir.join(MODEL_FILE))?;
-    corenet_model::save_tensors(optimizer_tensors, &dir.join(OPTIMIZER_FILE))?;
-    write_json(&dir.join(MODEL_CONFIG_FILE), model.config())?;
-    tokenizer.write_into(dir)?;
-    write_json(&dir.join(STATE_FILE), state)
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let json = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    std::fs::write(path, json).map_err(|e| Error::io("write", path, e))
-}
-
 /// Restores model and optimizer from `dir` and returns its state.
 pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut Optimizer) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
@@ -160,7 +138,54 @@ pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut Optimizer) -> Re
             ),
         });
     }
-    model.load_safetensors(&dir.join(MODEL_FILE))?;
-    optim.load_file(&dir.join(OPTIMIZER_FILE), state.optimizer_steps)?;
+    match OptimizerIndex::read(dir)? {
+        // The per-rank layout: each rank reads only the optimizer ranges it owns now.
+        Some(index) => {
+            model.load_safetensors_files(&corenet_model::pretrained::weight_files(dir)?)?;
+            let source = FlatSource::open(dir, index)?;
+            optim.load_flat(&source, state.optimizer_steps)?;
+        }
+        None => {
+            model.load_safetensors(&dir.join(MODEL_FILE))?;
+            optim.load_file(&dir.join(OPTIMIZER_FILE), state.optimizer_steps)?;
+        }
+    }
     Ok(state)
+}
+
+/// A checkpoint's tensors, whichever layout wrote it (single-file or per-rank).
+#[derive(Debug)]
+pub struct CheckpointTensors {
+    /// The model's, by HF name, sorted.
+    pub model: Vec<(String, tch::Tensor)>,
+    /// The optimizer's in the per-parameter layout (`exp_avg.NAME`, `exp_avg_sq.NAME`,
+    /// `master.NAME`), sorted.
+    pub optimizer: Vec<(String, tch::Tensor)>,
+}
+
+/// Reads every tensor of the checkpoint in `dir` onto the CPU (to compare checkpoints written
+/// on different world sizes, or to consolidate the per-rank layout).
+pub fn read_tensors(dir: &Path) -> Result<CheckpointTensors> {
+    let mut model = Vec::new();
+    for file in corenet_model::pretrained::weight_files(dir)? {
+        model.extend(corenet_model::load_tensors(&file)?);
+    }
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut optimizer = match OptimizerIndex::read(dir)? {
+        Some(index) => {
+            let source = FlatSource::open(dir, index.clone())?;
+            let mut out = Vec::new();
+            for moment in &index.moments {
+                for p in &index.params {
+                    let n = p.shape.iter().product::<i64>().max(0) as usize;
+                    let t = source.read(moment, p.offset, n)?.view(p.shape.as_slice());
+                    out.push((format!("{moment}.{}", p.name), t));
+                }
+            }
+            out
+        }
+        None => corenet_model::load_tensors(&dir.join(OPTIMIZER_FILE))?,
+    };
+    optimizer.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(CheckpointTensors { model, optimizer })
 }

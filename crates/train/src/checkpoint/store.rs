@@ -23,6 +23,7 @@
 //! half-written `step-*` directory. One process (rank 0) owns a root at a time: the store
 //! removes leftover temporary directories, which would break a concurrent writer.
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -128,20 +129,44 @@ impl CheckpointStore {
     where
         F: FnOnce(&Path) -> Result<()>,
     {
-        let tmp = self.root.join(format!("{TMP_PREFIX}{step:08}"));
-        // A directory of this name can only be debris from an earlier crash.
-        remove_dir_if_exists(&tmp)?;
-        std::fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
-        // Removes the partial directory on every early return, and on a panic in `write`.
-        let guard = RemoveOnDrop(Some(tmp.clone()));
-
-        write(&tmp).map_err(|source| Error::CheckpointWrite {
+        let pending = self.begin(step)?;
+        write(&pending.dir()).map_err(|source| Error::CheckpointWrite {
             step,
             source: Box::new(source),
         })?;
+        pending.commit(metadata, None)
+    }
 
-        let manifest = corenet_model::manifest::seal(&tmp, step, metadata)?;
+    /// The temporary directory a save of `step` writes into (every rank of a data-parallel save
+    /// writes its part there, once rank 0 has [begun](Self::begin) it).
+    pub fn tmp_dir_for(&self, step: u64) -> PathBuf {
+        self.root.join(format!("{TMP_PREFIX}{step:08}"))
+    }
 
+    /// Starts the save of `step`: a fresh temporary directory, removed again unless the
+    /// returned checkpoint is [committed](PendingCheckpoint::commit).
+    pub fn begin(&self, step: u64) -> Result<PendingCheckpoint> {
+        let tmp = self.tmp_dir_for(step);
+        // A directory of this name can only be debris from an earlier crash.
+        remove_dir_if_exists(&tmp)?;
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
+        Ok(PendingCheckpoint {
+            store: self.clone(),
+            step,
+            // Removes the partial directory on every early return, and on a panic of a writer.
+            guard: RemoveOnDrop(Some(tmp)),
+        })
+    }
+
+    /// Renames the sealed temporary directory of `step` into place, then updates the pointers
+    /// and prunes.
+    fn publish(
+        &self,
+        step: u64,
+        guard: RemoveOnDrop,
+        manifest: Manifest,
+    ) -> Result<VerifiedCheckpoint> {
+        let tmp = self.tmp_dir_for(step);
         let dir = self.dir_for(step);
         if dir.exists() {
             // rename() cannot replace a non-empty directory, so move the old one aside first.
@@ -415,7 +440,43 @@ fn parse_step_dir(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A save in progress: its temporary directory, filled by the caller (or by every rank), then
+/// sealed and renamed into place by [`PendingCheckpoint::commit`]; dropped uncommitted, the
+/// directory is removed and the existing checkpoints stay as they were.
+#[derive(Debug)]
+pub struct PendingCheckpoint {
+    store: CheckpointStore,
+    step: u64,
+    guard: RemoveOnDrop,
+}
+
+impl PendingCheckpoint {
+    /// Where the checkpoint's files go.
+    pub fn dir(&self) -> PathBuf {
+        self.store.tmp_dir_for(self.step)
+    }
+
+    /// Writes the manifest (with `metadata`), makes everything durable and renames the
+    /// directory into place; then the `latest`/`best` pointers and pruning follow (their
+    /// failures are logged: the checkpoint is durable by then). With `digests`, the files were
+    /// synced and hashed by their writers (every rank its own part) and are only checked against
+    /// the listing; without, every file is synced and hashed here.
+    pub fn commit(
+        self,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        digests: Option<BTreeMap<String, FileDigest>>,
+    ) -> Result<VerifiedCheckpoint> {
+        let dir = self.dir();
+        let manifest = match digests {
+            Some(files) => corenet_model::manifest::seal_with(&dir, self.step, metadata, files)?,
+            None => corenet_model::manifest::seal(&dir, self.step, metadata)?,
+        };
+        self.store.publish(self.step, self.guard, manifest)
+    }
+}
+
 /// Deletes a temporary directory when dropped, unless disarmed after a successful rename.
+#[derive(Debug)]
 struct RemoveOnDrop(Option<PathBuf>);
 
 impl RemoveOnDrop {

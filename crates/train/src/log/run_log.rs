@@ -16,6 +16,7 @@ use serde::Serialize;
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
 
+use crate::checkpoint::SaveRecord;
 use crate::error::{Error, Result};
 use crate::log::curves::{plot, RunCurves, XAxis};
 use crate::log::metrics::{MetricsRecord, MetricsSink};
@@ -28,6 +29,8 @@ use crate::validate::ValidationReport;
 
 /// The picture a run keeps of its own curves, next to `metrics.jsonl`.
 pub const CURVES_FILE: &str = "curves.png";
+/// One line per checkpoint save: its stall, write time and size, or its error.
+pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 
 /// Steps the tokens/s window spans.
 const THROUGHPUT_WINDOW: usize = 20;
@@ -126,6 +129,8 @@ pub struct RunLog {
     data_epochs: Option<u64>,
     /// `validation.jsonl`, continued like the metrics.
     validation: Option<MetricsSink>,
+    /// `checkpoints.jsonl`: one line per save, what it cost or why it failed.
+    checkpoints: Option<MetricsSink>,
     /// When this process's run log opened, and the run's seconds before it.
     started: Instant,
     elapsed_before: f64,
@@ -189,7 +194,7 @@ impl RunLog {
             )),
             _ => None,
         };
-        let (metrics, (tensorboard, tensorboard_tokens), validation) = if writes {
+        let (metrics, (tensorboard, tensorboard_tokens), validation, checkpoints) = if writes {
             let dir = setup.log_dir;
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
             let recipe = dir.join("recipe.yaml");
@@ -208,9 +213,10 @@ impl RunLog {
                 true => (Some(board("tb")), Some(board("tb/by_tokens"))),
                 false => (None, None),
             };
-            (Some(metrics), tensorboard, validation)
+            let checkpoints = MetricsSink::resume(dir.join(CHECKPOINTS_FILE), setup.start_step)?;
+            (Some(metrics), tensorboard, validation, Some(checkpoints))
         } else {
-            (None, (None, None), None)
+            (None, (None, None), None, None)
         };
         Ok(RunLog {
             metrics,
@@ -229,6 +235,7 @@ impl RunLog {
             waited_steps: 0,
             data_epochs: None,
             validation,
+            checkpoints,
             started: Instant::now(),
             elapsed_before: setup.elapsed_before,
             last_val_loss: None,
@@ -360,6 +367,51 @@ impl RunLog {
             tracing::info!(step = report.step, task = %task.task, n = task.n, acc = task.acc, acc_norm = ?task.acc_norm, "validation task");
         }
         Ok(())
+    }
+
+    /// Records a finished save: a line of `checkpoints.jsonl`, TensorBoard's `checkpoint/`
+    /// scalars and an event.
+    pub fn checkpoint(&mut self, record: &SaveRecord) -> Result<()> {
+        if let Some(sink) = &mut self.checkpoints {
+            sink.write_line(record.step, record)?;
+        }
+        self.track(
+            record.step,
+            vec![
+                ("checkpoint_stall_s".to_string(), record.stall_s),
+                ("checkpoint_write_s".to_string(), record.write_s),
+            ],
+        );
+        if let Some(tb) = &mut self.tensorboard {
+            let tb = tb.writer(record.step)?;
+            let scalars = [
+                ("checkpoint/stall_s", record.stall_s as f32),
+                ("checkpoint/write_s", record.write_s as f32),
+            ];
+            tb.add_scalars(record.step as i64, &scalars)?;
+            tb.flush()?;
+        }
+        tracing::info!(
+            step = record.step,
+            stall_s = %format_args!("{:.3}", record.stall_s),
+            write_s = %format_args!("{:.3}", record.write_s),
+            gib = %format_args!("{:.3}", record.bytes as f64 / f64::from(1u32 << 30)),
+            background = record.background,
+            "checkpoint written"
+        );
+        Ok(())
+    }
+
+    /// Records a save that failed (the run keeps its last good checkpoint and stops).
+    pub fn checkpoint_failed(&mut self, step: u64, error: &Error) {
+        tracing::error!(step, error = %error, "checkpoint failed; the previous checkpoint is kept and training stops");
+        let line =
+            serde_json::json!({ "step": step, "error": error.to_string(), "time": unix_time() });
+        if let Some(sink) = &mut self.checkpoints {
+            if let Err(e) = sink.write_line(step, &line) {
+                tracing::warn!(error = %e, "could not record the failed checkpoint");
+            }
+        }
     }
 
     /// Shows the progress bar (when asked for, on rank 0) at `step` of the step budget.

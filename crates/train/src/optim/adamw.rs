@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::checkpoint::rank_parts::FlatSource;
 use crate::error::{Error, Result};
+use crate::optim::zero1::FlatLayout;
 use corenet_ffi::multi_tensor::{clear_gradients, foreach_grad_norm, fused_adamw_step, FusedAdamW};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +243,70 @@ impl AdamW {
             }
         }
         out
+    }
+
+    /// Names and shapes of the parameters, in order (the flat space of a per-rank checkpoint).
+    pub fn shapes(&self) -> Vec<(String, Vec<i64>)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.param.size()))
+            .collect()
+    }
+
+    /// The moments this optimizer keeps: `exp_avg`, `exp_avg_sq`, and `master` when the model
+    /// is not f32.
+    pub fn moments(&self) -> Vec<&'static str> {
+        let mut moments = vec!["exp_avg", "exp_avg_sq"];
+        if self.params.iter().all(|p| p.master.is_some()) && !self.params.is_empty() {
+            moments.push("master");
+        }
+        moments
+    }
+
+    /// Elements `[start, start + len)` of each moment in the flat space of `layout`, one f32
+    /// tensor per moment (the range a rank writes into a per-rank checkpoint).
+    pub fn flat_state(
+        &self,
+        layout: &FlatLayout,
+        (start, len): (usize, usize),
+    ) -> Vec<(String, Tensor)> {
+        let pieces = layout.pieces(start, len);
+        self.moments()
+            .into_iter()
+            .map(|moment| {
+                let parts: Vec<Tensor> = pieces
+                    .iter()
+                    .map(|&(i, from, n)| {
+                        let p = &self.params[i];
+                        let t = match moment {
+                            "exp_avg" => &p.exp_avg,
+                            "exp_avg_sq" => &p.exp_avg_sq,
+                            _ => p.weights(),
+                        };
+                        t.reshape([-1]).narrow(0, from as i64, n as i64)
+                    })
+                    .collect();
+                let flat = match parts.is_empty() {
+                    true => Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)),
+                    false => Tensor::cat(&parts, 0),
+                };
+                (moment.to_string(), flat)
+            })
+            .collect()
+    }
+
+    /// Restores every moment from a per-rank checkpoint's flat parts, after `step` updates.
+    pub fn load_flat(&mut self, source: &FlatSource, step: u64) -> Result<()> {
+        let mut tensors = HashMap::new();
+        for moment in self.moments() {
+            for (i, (name, shape)) in self.shapes().into_iter().enumerate() {
+                let offset = source.index().params[i].offset;
+                let n = shape.iter().product::<i64>().max(0) as usize;
+                let t = source.read(moment, offset, n)?.view(shape.as_slice());
+                tensors.insert(format!("{moment}.{name}"), t);
+            }
+        }
+        self.load_state(tensors, step)
     }
 
     /// Restores what `state_tensors` saved, after `step` updates; every tensor must be present

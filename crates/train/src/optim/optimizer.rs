@@ -6,10 +6,11 @@ use std::path::Path;
 
 use tch::Tensor;
 
+use crate::checkpoint::rank_parts::{own_range, FlatSource};
 use crate::dist::data_parallel::DataParallel;
 use crate::error::Result;
 use crate::optim::adamw::{AdamW, OptimizerConfig};
-use crate::optim::zero1::ShardedAdamW;
+use crate::optim::zero1::{FlatLayout, ShardedAdamW};
 
 #[derive(Debug)]
 pub enum Optimizer {
@@ -108,6 +109,52 @@ impl Optimizer {
                 let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
                 optim.gather_state(pg)
             }
+        }
+    }
+
+    /// The flat optimizer space of a per-rank checkpoint written by `world` ranks.
+    pub fn flat_layout(&self, world: usize) -> FlatLayout {
+        match self {
+            Optimizer::Replicated(optim) => FlatLayout::new(&optim.shapes(), world),
+            Optimizer::Sharded(optim) => {
+                let l = optim.layout();
+                let shapes: Vec<(String, Vec<i64>)> = l
+                    .names
+                    .iter()
+                    .cloned()
+                    .zip(l.shapes.iter().cloned())
+                    .collect();
+                FlatLayout::new(&shapes, world)
+            }
+        }
+    }
+
+    /// `rank`'s range of each moment in `layout` (from [`Self::flat_layout`] with this run's
+    /// world size): what the rank writes into a per-rank checkpoint. No collective.
+    pub fn range_state(&self, layout: &FlatLayout, rank: usize) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Optimizer::Replicated(optim) => Ok(optim.flat_state(layout, own_range(layout, rank))),
+            Optimizer::Sharded(optim) => {
+                if optim.layout() != layout {
+                    return Err(crate::Error::OptimizerState(format!(
+                        "the sharded optimizer is partitioned over {} ranks, the checkpoint over {}",
+                        optim.layout().world,
+                        layout.world
+                    )));
+                }
+                Ok(optim.own_state())
+            }
+        }
+    }
+
+    /// Restores the state of a per-rank checkpoint (any world size, either optimizer).
+    pub fn load_flat(&mut self, source: &FlatSource, step: u64) -> Result<()> {
+        match self {
+            Optimizer::Replicated(optim) => {
+                source.check_model(&FlatLayout::new(&optim.shapes(), 1))?;
+                optim.load_flat(source, step)
+            }
+            Optimizer::Sharded(optim) => optim.load_flat(source, step),
         }
     }
 

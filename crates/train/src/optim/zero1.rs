@@ -24,6 +24,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
+use crate::checkpoint::rank_parts::FlatSource;
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Error, Result};
 use crate::optim::adamw::{step_value, update, OptimizerConfig, Slot};
@@ -83,6 +84,19 @@ impl FlatLayout {
 
     pub fn padded(&self) -> usize {
         self.shard_len * self.world
+    }
+
+    /// The pieces of parameters inside the flat range `[start, start + len)`, in flat order:
+    /// (parameter, first element within it, elements).
+    pub fn pieces(&self, start: usize, len: usize) -> Vec<(usize, usize, usize)> {
+        let end = start + len;
+        (0..self.names.len())
+            .filter_map(|i| {
+                let a = self.offsets[i].max(start);
+                let b = (self.offsets[i] + self.numels[i]).min(end);
+                (a < b).then(|| (i, a - self.offsets[i], b - a))
+            })
+            .collect()
     }
 
     /// The pieces of parameters inside `rank`'s range, in flat order.
@@ -342,6 +356,73 @@ impl ShardedAdamW {
         Ok(host)
     }
 
+    /// The moments this optimizer keeps in a checkpoint: `exp_avg`, `exp_avg_sq`, and `master`
+    /// when the model is not f32 (an f32 model's weights are the master weights).
+    pub fn moments(&self) -> Vec<&'static str> {
+        match self.kind == Kind::Float {
+            true => vec!["exp_avg", "exp_avg_sq"],
+            false => vec!["exp_avg", "exp_avg_sq", "master"],
+        }
+    }
+
+    /// This rank's range of each moment without the padding (the range it writes into a
+    /// per-rank checkpoint): views of the device buffers, copied by the caller.
+    pub fn own_state(&self) -> Vec<(String, Tensor)> {
+        let (_, len) = crate::checkpoint::rank_parts::own_range(&self.layout, self.rank);
+        self.moments()
+            .into_iter()
+            .map(|moment| {
+                let t = match moment {
+                    "exp_avg" => &self.exp_avg,
+                    "exp_avg_sq" => &self.exp_avg_sq,
+                    _ => &self.master,
+                };
+                (moment.to_string(), t.narrow(0, 0, len as i64))
+            })
+            .collect()
+    }
+
+    /// Restores this rank's range from a per-rank checkpoint written on any number of ranks,
+    /// after `step` updates, reading only the range. Master weights missing from it (f32 runs)
+    /// come from the model's weights, which must already be loaded.
+    pub fn load_flat(&mut self, source: &FlatSource, step: u64) -> Result<()> {
+        source.check_model(&self.layout)?;
+        let offsets = self.layout.offsets.clone();
+        self.fill_range(source.has("master"), step, |moment, s| {
+            source.read(moment, offsets[s.param] + s.param_start, s.len)
+        })
+    }
+
+    /// Copies the master weights from the model (all of them first, for f32 runs that keep
+    /// none in the checkpoint), then every moment's pieces of this rank's range from `read`
+    /// (moment, segment), and sets the step counters to `step`.
+    fn fill_range(
+        &mut self,
+        has_master: bool,
+        step: u64,
+        read: impl Fn(&str, &Segment) -> Result<Tensor>,
+    ) -> Result<()> {
+        self.master_from_params();
+        let mut targets = vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)];
+        if has_master {
+            targets.push(("master", &self.master));
+        }
+        for (moment, target) in targets {
+            for s in &self.segments {
+                let piece = read(moment, s)?;
+                tch::no_grad(|| {
+                    target
+                        .narrow(0, s.shard_start as i64, s.len as i64)
+                        .copy_(&piece.to_device(self.device));
+                });
+            }
+        }
+        for t in &self.steps {
+            let _ = t.shallow_clone().fill_(step as f64);
+        }
+        Ok(())
+    }
+
     /// Restores this rank's range from an optimizer file in the per-parameter layout (written
     /// by either optimizer on any number of ranks), after `step` updates. Only the range is
     /// read. Master weights missing from the file (f32 runs) come from the model's weights,
@@ -358,26 +439,11 @@ impl ShardedAdamW {
             .names
             .iter()
             .all(|n| tensors.tensor(&format!("master.{n}")).is_ok());
-        self.master_from_params();
-        let mut targets = vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)];
-        if has_master {
-            targets.push(("master", &self.master));
-        }
-        for (prefix, target) in targets {
-            for s in &self.segments {
-                let name = format!("{prefix}.{}", self.layout.names[s.param]);
-                let piece = read_range(path, &tensors, &name, &self.layout, s)?;
-                tch::no_grad(|| {
-                    target
-                        .narrow(0, s.shard_start as i64, s.len as i64)
-                        .copy_(&piece.to_device(self.device));
-                });
-            }
-        }
-        for t in &self.steps {
-            let _ = t.shallow_clone().fill_(step as f64);
-        }
-        Ok(())
+        let layout = self.layout.clone();
+        self.fill_range(has_master, step, |prefix, s| {
+            let name = format!("{prefix}.{}", layout.names[s.param]);
+            read_range(path, &tensors, &name, &layout, s)
+        })
     }
 
     /// Every tensor of the file must belong to this model: `exp_avg.*` and `exp_avg_sq.*` of

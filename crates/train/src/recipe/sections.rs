@@ -122,6 +122,10 @@ pub struct CheckpointConfig {
     pub keep_last: usize,
     /// Defaults to `<run.dir>/checkpoints`.
     pub dir: Option<PathBuf>,
+    /// Write checkpoints on a background thread: the step loop stops only to copy the state to
+    /// host memory, then trains on while the files are written, hashed and fsynced. One save
+    /// is in flight at a time (the next waits for it); the run's end and SIGTERM wait for it.
+    pub background: bool,
 }
 
 impl Default for CheckpointConfig {
@@ -130,6 +134,7 @@ impl Default for CheckpointConfig {
             interval: 1000,
             keep_last: 3,
             dir: None,
+            background: false,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tch::{nn, Device, Tensor};
 
@@ -30,8 +30,9 @@ use crate::checkpoint::contents::{TokenizerFile, TrainState};
 use crate::checkpoint::data_files::agree_data_files;
 use crate::checkpoint::resume::{check_resume_path, choose_checkpoint, restore, Resume};
 use crate::checkpoint::run_lock::RunLock;
-use crate::checkpoint::save::{save_checkpoint, SaveParts};
+use crate::checkpoint::save::{start_save, SaveParts};
 use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::writer::{CheckpointFault, CheckpointWriter, Peers, SaveRecord};
 use crate::dist::launcher_env::{rank_device, trainer_env};
 use crate::dist::{DataParallel, DistEnv};
 use crate::error::{Error, Result};
@@ -55,6 +56,9 @@ pub struct TrainOptions {
     pub stop_at: Option<u64>,
     /// Fault injection for tests: these steps get a NaN loss.
     pub inject_nan_steps: BTreeSet<u64>,
+    /// Fault injection for tests: something goes wrong with this rank's write of one
+    /// checkpoint.
+    pub inject_checkpoint_fault: Option<CheckpointFault>,
     /// Used when `dist` is unset: a single process is rank 0 of 1. With `world_size > 1` and no
     /// `dist`, the launcher environment is read ([`DistEnv::from_env`]).
     pub rank: usize,
@@ -148,6 +152,11 @@ pub struct Trainer {
     batches: Batches,
     state: TrainState,
     store: CheckpointStore,
+    /// Writes (and, with `checkpoint.background`, in the background) every checkpoint.
+    writer: CheckpointWriter,
+    /// A background save that failed in a data-parallel run: this rank votes to stop, and the
+    /// error ends the run once every rank has stopped.
+    save_failed: Option<Error>,
     /// Step of the last checkpoint this run wrote or resumed from.
     last_saved: Option<u64>,
     /// The process group of a data-parallel run (world size > 1).
@@ -328,6 +337,15 @@ impl Trainer {
             flag: options.stop_flag.clone().unwrap_or_default(),
             agreed: false,
         };
+        let peers = match &dp {
+            Some(dp) => Some(Peers {
+                store: Arc::new(dp.process_group().shared_store()?),
+                rank,
+                world,
+            }),
+            None => None,
+        };
+        let writer = CheckpointWriter::new(store.clone(), peers, recipe.checkpoint.background);
         Ok(Trainer {
             lagged: recipe
                 .trainer
@@ -345,6 +363,8 @@ impl Trainer {
             settings,
             state,
             store,
+            writer,
+            save_failed: None,
             dp,
             stop,
             log,
@@ -380,7 +400,23 @@ impl Trainer {
     /// Runs until the recipe's step budget (or `stop_at`, or a stop request), then ends the
     /// tracking run: finished, killed (a signal; a resume continues it) or failed.
     pub fn train(&mut self) -> Result<RunSummary> {
-        let outcome = self.train_steps();
+        let mut outcome = self.train_steps();
+        if outcome.is_err() {
+            // A save started before the failure (the last good state after bad steps) is
+            // still written; with peers, no longer than a collective would wait for them.
+            let done = match &self.dp {
+                Some(dp) => self.writer.wait_at_most(dp.process_group().timeout()),
+                None => self.writer.wait(),
+            };
+            if let Some(done) = done {
+                if let Err(e) = self.record_save(done) {
+                    tracing::warn!(error = %e, "the last checkpoint could not be written either");
+                }
+            }
+        }
+        if let Some(e) = self.save_failed.take() {
+            outcome = Err(e);
+        }
         let (status, last) = match &outcome {
             Ok(s) if s.interrupted => (RunStatus::Killed, None),
             Ok(s) => (RunStatus::Finished, Some(self.store.dir_for(s.final_step))),
@@ -409,6 +445,7 @@ impl Trainer {
                 summary.interrupted = true;
                 break;
             }
+            self.poll_save()?;
             let pending = self.train_step()?;
             let ready = if self.lagged {
                 in_flight.replace(pending)
@@ -430,6 +467,11 @@ impl Trainer {
             }
         }
         self.settle_all(&mut in_flight, &mut summary)?;
+        if let Some(e) = self.save_failed.take() {
+            return Err(e);
+        }
+        // A save in flight is waited for (SIGTERM included) before anything more is written.
+        self.complete_save()?;
         let finished = self.state.step == total;
         let validated = self.last_validation.map(|(step, _)| step);
         if finished && !summary.interrupted && validated != Some(self.state.step) {
@@ -441,6 +483,7 @@ impl Trainer {
             true => self.log.refresh_curves(),
             false => self.save()?,
         }
+        self.complete_save()?;
         summary.final_step = self.state.step;
         summary.skipped_steps = self.state.skipped_steps;
         Ok(summary)
@@ -452,7 +495,7 @@ impl Trainer {
         let lr = self.schedule.lr(self.state.step);
         let input = StepInput {
             lr,
-            stop_vote: self.stop.vote(),
+            stop_vote: self.stop.vote() || self.save_failed.is_some(),
             poison: self.options.inject_nan_steps.contains(&self.state.step),
         };
         let (step, steps) = (self.state.step, self.recipe.trainer.steps);
@@ -584,29 +627,80 @@ impl Trainer {
         self.log.validation(&report, self.state.tokens_seen)
     }
 
-    /// Writes a checkpoint of the current state ([`save_checkpoint`]); in a data-parallel run
+    /// Checkpoints the current state ([`start_save`]): waits for the save in flight, copies
+    /// this rank's part to host memory and writes it — on a background thread with
+    /// `checkpoint.background`, whose outcome a later step collects. In a data-parallel run
     /// every rank must call it.
     pub fn save(&mut self) -> Result<()> {
+        let began = Instant::now();
+        self.complete_save()?;
         self.state.elapsed_s = self.log.elapsed_s();
         let step = self.state.step;
         let validation_loss = self
             .last_validation
             .filter(|(at, _)| *at == step)
             .map(|(_, loss)| loss);
-        save_checkpoint(
-            &self.store,
-            &self.model,
-            &self.optim,
+        let done = start_save(
+            &mut self.writer,
+            (&self.model, &self.optim),
             self.dp.as_ref(),
             SaveParts {
                 tokenizer: &self.tokenizer_file,
                 state: &self.state,
                 validation_loss,
+                fault: self
+                    .options
+                    .inject_checkpoint_fault
+                    .filter(|f| f.step == step)
+                    .map(|f| f.kind),
             },
+            began,
         )?;
-        self.last_saved = Some(self.state.step);
+        self.last_saved = Some(step);
+        if let Some(done) = done {
+            self.record_save(done)?;
+        }
         self.log.refresh_curves();
         Ok(())
+    }
+
+    /// Waits for the save in flight, if any, and records its outcome (an error ends the run).
+    fn complete_save(&mut self) -> Result<()> {
+        match self.writer.wait() {
+            Some(done) => self.record_save(done),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the background save if it has finished. A failure ends a single process at
+    /// once; a rank of a data-parallel run votes to stop, so that every rank stops at the same
+    /// step, and fails after the loop.
+    fn poll_save(&mut self) -> Result<()> {
+        let Some(done) = self.writer.poll() else {
+            return Ok(());
+        };
+        match (self.record_save(done), self.dp.is_some()) {
+            (Ok(()), _) => Ok(()),
+            (Err(e), false) => Err(e),
+            (Err(e), true) => {
+                self.save_failed = Some(e);
+                Ok(())
+            }
+        }
+    }
+
+    fn record_save(&mut self, done: Result<SaveRecord>) -> Result<()> {
+        match done {
+            Ok(record) => self.log.checkpoint(&record),
+            Err(e) => {
+                let step = match &e {
+                    Error::CheckpointWrite { step, .. } => *step,
+                    _ => self.state.step,
+                };
+                self.log.checkpoint_failed(step, &e);
+                Err(e)
+            }
+        }
     }
 }
 
