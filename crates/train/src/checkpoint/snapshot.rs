@@ -50,7 +50,7 @@ pub(crate) fn take_snapshot(of: SnapshotOf<'_>) -> Result<Snapshot> {
         snapshot
             .tensor_files
             .push((MODEL_FILE.into(), raw(&named, MODEL_FILE)?));
-        let optimizer = of.optim.checkpoint_tensors(None)?.unwrap_or_default();
+        let optimizer = of.optim.per_parameter_state()?;
         snapshot
             .tensor_files
             .push((OPTIMIZER_FILE.into(), raw(&optimizer, OPTIMIZER_FILE)?));

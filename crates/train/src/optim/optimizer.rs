@@ -96,19 +96,14 @@ impl Optimizer {
         }
     }
 
-    /// The state in the per-parameter checkpoint layout: a collective for the sharded
-    /// optimizer (every rank calls it; rank 0 gets `Some`), the replicated one's own tensors
-    /// otherwise.
-    pub fn checkpoint_tensors(
-        &self,
-        dp: Option<&DataParallel>,
-    ) -> Result<Option<Vec<(String, Tensor)>>> {
+    /// The replicated optimizer's state in the per-parameter checkpoint layout (`exp_avg.NAME`,
+    /// …); the sharded one holds no whole tensors (a rank writes its range, [`Self::range_state`]).
+    pub fn per_parameter_state(&self) -> Result<Vec<(String, Tensor)>> {
         match self {
-            Optimizer::Replicated(optim) => Ok(Some(optim.state_tensors())),
-            Optimizer::Sharded(optim) => {
-                let pg = dp.map(DataParallel::process_group).ok_or_else(no_group)?;
-                optim.gather_state(pg)
-            }
+            Optimizer::Replicated(optim) => Ok(optim.state_tensors()),
+            Optimizer::Sharded(_) => Err(crate::Error::OptimizerState(
+                "the sharded optimizer's state is written per rank".into(),
+            )),
         }
     }
 

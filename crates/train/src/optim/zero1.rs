@@ -13,9 +13,10 @@
 //! parameters (8 for f32 runs, where the master copy is not kept apart from the weights in a
 //! checkpoint).
 //!
-//! Checkpoints keep the replicated optimizer's per-parameter layout (`exp_avg.NAME`, …): saving
-//! gathers the ranges to rank 0 in chunks, and loading reads only this rank's range out of a
-//! memory-mapped file. So a checkpoint written on N ranks, sharded or not, resumes on M ranks
+//! Checkpoints: each rank writes its own range of the flat space (the per-rank layout,
+//! `crate::checkpoint::rank_parts`), and loading reads only the range a rank owns, out of the
+//! per-rank parts or out of the replicated optimizer's per-parameter file (`exp_avg.NAME`, …),
+//! memory-mapped. So a checkpoint written on N ranks, sharded or not, resumes on M ranks
 //! sharded or not.
 
 use std::collections::HashSet;
@@ -29,9 +30,6 @@ use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Error, Result};
 use crate::optim::adamw::{step_value, update, OptimizerConfig, Slot};
 use corenet_ffi::{clear_gradients, MappedFile};
-
-/// Elements each rank contributes to one all-gather while saving (bounds the extra memory).
-const GATHER_CHUNK: usize = 1 << 24;
 
 /// Where every parameter lies in the flat index space and which range a rank owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,57 +301,6 @@ impl ShardedAdamW {
     /// Drops every replica gradient (PyTorch's default `set_to_none`), see [`clear_gradients`].
     pub fn zero_grad(&self) -> Result<()> {
         Ok(clear_gradients(self.params.iter().map(|(_, p)| p))?)
-    }
-
-    /// A collective: every rank must call it. Rank 0 receives the whole optimizer state in the
-    /// replicated optimizer's per-parameter layout (CPU tensors); the others `None`.
-    pub fn gather_state(&self, pg: &ProcessGroup) -> Result<Option<Vec<(String, Tensor)>>> {
-        let mut kinds = vec![("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)];
-        if self.kind != Kind::Float {
-            kinds.push(("master", &self.master));
-        }
-        let mut out = (self.rank == 0).then(Vec::new);
-        for (prefix, shard) in kinds {
-            let full = self.gather_flat(pg, shard)?;
-            if let (Some(out), Some(full)) = (out.as_mut(), full) {
-                for (i, name) in self.layout.names.iter().enumerate() {
-                    let t = full
-                        .narrow(
-                            0,
-                            self.layout.offsets[i] as i64,
-                            self.layout.numels[i] as i64,
-                        )
-                        .view(self.layout.shapes[i].as_slice());
-                    out.push((format!("{prefix}.{name}"), t));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every rank's range of `shard` concatenated on rank 0's host, in chunks of at most
-    /// [`GATHER_CHUNK`] elements per rank.
-    fn gather_flat(&self, pg: &ProcessGroup, shard: &Tensor) -> Result<Option<Tensor>> {
-        let len = self.layout.shard_len;
-        let world = self.layout.world;
-        let host = (self.rank == 0)
-            .then(|| Tensor::zeros([(len * world) as i64], (Kind::Float, Device::Cpu)));
-        let mut start = 0;
-        while start < len {
-            let n = GATHER_CHUNK.min(len - start);
-            let piece = shard.narrow(0, start as i64, n as i64);
-            let all = Tensor::empty([(n * world) as i64], (Kind::Float, self.device));
-            pg.all_gather(&piece, &all)?;
-            if let Some(host) = &host {
-                let all = all.to_device(Device::Cpu);
-                for r in 0..world {
-                    host.narrow(0, (r * len + start) as i64, n as i64)
-                        .copy_(&all.narrow(0, (r * n) as i64, n as i64));
-                }
-            }
-            start += n;
-        }
-        Ok(host)
     }
 
     /// The moments this optimizer keeps in a checkpoint: `exp_avg`, `exp_avg_sq`, and `master`

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::batch::{mlflow_key, truncate_chars, MAX_PARAM_VALUE_CHARS};
+use crate::recipe::overrides::parse_yaml_value;
 
 /// A YAML document (the resolved recipe) as MLflow params: dotted keys to the leaves
 /// (`model.model_dim` → `192`), lists and empty maps as their JSON text (`data.sources` →
 /// `[{"name":"a",...}]`), strings as they are, null as `null`; sorted by key. A document
 /// that does not parse gives no params (with a warning).
 pub fn recipe_params(yaml: &str) -> Vec<(String, String)> {
-    let value: serde_norway::Value = match serde_norway::from_str(yaml) {
+    let value = match parse_yaml_value(yaml, "resolved recipe") {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "recipe YAML does not parse; no MLflow params");
@@ -19,66 +20,31 @@ pub fn recipe_params(yaml: &str) -> Vec<(String, String)> {
         }
     };
     let mut out = Vec::new();
-    flatten_yaml("", &value, &mut out);
+    flatten("", &value, &mut out);
     out.sort();
     out
 }
 
-fn flatten_yaml(prefix: &str, value: &serde_norway::Value, out: &mut Vec<(String, String)>) {
-    use serde_norway::Value as Y;
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
     match value {
-        Y::Mapping(map) if !map.is_empty() => {
+        Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                let k = json_text(&yaml_to_json(k));
-                let key = if prefix.is_empty() {
-                    k
-                } else {
-                    format!("{prefix}.{k}")
+                let key = match prefix.is_empty() {
+                    true => k.clone(),
+                    false => format!("{prefix}.{k}"),
                 };
-                flatten_yaml(&key, v, out);
+                flatten(&key, v, out);
             }
         }
-        Y::Tagged(tagged) => flatten_yaml(prefix, &tagged.value, out),
-        Y::Null if prefix.is_empty() => {}
+        Value::Null if prefix.is_empty() => {}
         leaf => {
             let key = if prefix.is_empty() { "recipe" } else { prefix };
-            out.push((key.to_owned(), json_text(&yaml_to_json(leaf))));
+            let text = match leaf {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push((key.to_owned(), text));
         }
-    }
-}
-
-/// A string as itself, anything else as its JSON text.
-fn json_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn yaml_to_json(value: &serde_norway::Value) -> Value {
-    use serde_norway::Value as Y;
-    match value {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(*b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into()
-            } else if let Some(u) = n.as_u64() {
-                u.into()
-            } else {
-                n.as_f64()
-                    .and_then(serde_json::Number::from_f64)
-                    .map_or_else(|| Value::String(n.to_string()), Value::Number)
-            }
-        }
-        Y::String(s) => Value::String(s.clone()),
-        Y::Sequence(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        Y::Mapping(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (json_text(&yaml_to_json(k)), yaml_to_json(v)))
-                .collect(),
-        ),
-        Y::Tagged(tagged) => yaml_to_json(&tagged.value),
     }
 }
 
