@@ -4,13 +4,15 @@
 Trains a ~110M-parameter OpenELM (tiny.yaml's data, ZeRO-1 by default) for a few steps with a
 checkpoint in the middle, samples rank 0's resident memory every few milliseconds, and reports:
 
-  stall_s      how long the step loop stood still at the save: the gap between the save step's
-               metrics line and the next one, less the median gap between steps
-  extra_rss    rank 0's peak resident memory while saving, less its resident memory when the save
-               began (and, as a second figure, less its peak over the steps before)
-  write_s      (runs that record it) the background write's time, from checkpoints.jsonl
+  stall_s      how long the step loop stood still at the save (checkpoints.jsonl; for builds that
+               do not record it, the save step's gap between metrics lines less the median gap)
+  write_s      the write's time, start to commit (checkpoints.jsonl)
+  extra_rss    rank 0's peak resident memory while the save blocks the loop, less its resident
+               memory when the save began; and its peak while the save is in flight, less its
+               peak over the steps before
 
 Usage: scripts/checkpoint_bench.py --corenet BIN [--out DIR] [--set KEY=VALUE ...]
+       scripts/checkpoint_bench.py --analyse DIR
 Only the standard library: the numbers go to stdout as one JSON object.
 """
 
@@ -87,11 +89,16 @@ def sample(launcher, samples, stop):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--corenet", required=True)
+    parser.add_argument("--analyse", help="only report on the finished run in this directory")
+    parser.add_argument("--corenet")
     parser.add_argument("--recipe", default="recipes/tiny.yaml")
     parser.add_argument("--out", default="runs/checkpoint-bench")
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
+    if args.analyse:
+        report = analyse(Path(args.analyse), int(MODEL["checkpoint.interval"]))
+        print(json.dumps(report, indent=1))
+        return
 
     out = Path(args.out)
     sets = dict(MODEL)
@@ -114,33 +121,44 @@ def main():
     if code != 0:
         sys.exit(f"the run failed ({code}); see {log.name}")
 
+    (out / "rss_samples.json").write_text(json.dumps(samples))
+    print(json.dumps(analyse(out, int(sets["checkpoint.interval"])), indent=1))
+
+
+def analyse(out, interval):
+    """The save at step `interval` of the run in `out` (metrics, checkpoints.jsonl, samples)."""
+    samples = json.loads((out / "rss_samples.json").read_text())
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     times = {l["step"]: l["time"] for l in lines}
-    interval = int(sets["checkpoint.interval"])
-    gaps = [times[s + 1] - times[s] for s in sorted(times) if s + 1 in times]
-    save_gap = times[interval + 1] - times[interval]
-    step_gaps = [g for s, g in zip(sorted(times), gaps) if s != interval]
-    typical = statistics.median(step_gaps)
-    # Memory: the steps before the save against the save's window (the save step's line to the
-    # next step's line, which holds the stall and the first steps of a background write).
-    before = [r for t, r in samples if t < times[interval]]
-    during = [r for t, r in samples if times[interval] <= t <= times[interval + 1] + typical]
-    at_save = [r for t, r in samples if t <= times[interval]][-1]
-    (out / "rss_samples.json").write_text(json.dumps(samples))
-    report = {
-        "step_s": typical,
-        "stall_s": save_gap - typical,
-        "peak_rss_before_gib": max(before) / 2**30,
-        "peak_rss_saving_gib": max(during) / 2**30,
-        "rss_at_save_gib": at_save / 2**30,
-        # What the save itself holds on top of the state the steps left resident.
-        "extra_rss_gib": (max(during) - at_save) / 2**30,
-        "extra_over_step_peak_gib": (max(during) - max(before)) / 2**30,
-    }
+    gaps = {s: times[s + 1] - times[s] for s in sorted(times) if s + 1 in times}
+    typical = statistics.median(g for s, g in gaps.items() if s != interval)
+    records = []
     ckpt = out / "checkpoints.jsonl"
     if ckpt.exists():
-        report["checkpoints"] = [json.loads(l) for l in ckpt.read_text().splitlines()]
-    print(json.dumps(report, indent=1))
+        records = [json.loads(l) for l in ckpt.read_text().splitlines()]
+    record = next((r for r in records if r.get("step") == interval), None)
+    # The stall: recorded by runs that record it, else the save step's extra gap.
+    stall = record["stall_s"] if record else gaps[interval] - typical
+    write = record["write_s"] if record else stall
+    start = times[interval]
+    rss = lambda a, b: [r for t, r in samples if a <= t <= b]
+    at_save = [r for t, r in samples if t <= start][-1]
+    before = rss(0, start)
+    in_stall = rss(start, start + stall)
+    # While the write is in flight (steps go on beside a background write).
+    in_flight = rss(start, start + max(stall, write) + typical)
+    gib = 2**30
+    return {
+        "step_s": typical,
+        "stall_s": stall,
+        "write_s": write,
+        "rss_at_save_gib": at_save / gib,
+        # What the save holds on top of what the step loop left resident, while it blocks it.
+        "extra_rss_during_stall_gib": (max(in_stall) - at_save) / gib,
+        # The peak while the save is in flight against the peak of the steps before it.
+        "extra_over_step_peak_gib": (max(in_flight) - max(before)) / gib,
+        "checkpoints": records,
+    }
 
 
 if __name__ == "__main__":
