@@ -441,6 +441,9 @@ fn checkpoint_section(keys: &mut Keys) -> Result<Value> {
         "interval": keys.uint("common.save_interval_freq")?.unwrap_or(0),
         // CoreNet keeps every interval checkpoint with save_all_checkpoints, else only the last.
         "keep_last": if keep_all { 0 } else { 1 },
+        // No CoreNet key: CoreNet stops training to save; its runs here write in the
+        // background, as the OpenELM recipes do.
+        "background": true,
     }))
 }
 
