@@ -3,6 +3,7 @@
 //! for the save in flight, and a disk that fills stops the run with its last good checkpoint.
 
 mod common;
+mod same_state;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -92,7 +93,7 @@ fn background_saves_hold_what_foreground_saves_hold() {
     for step in [2, 4, 6, 8] {
         let dir_of = |r: &Recipe| r.checkpoint_dir().join(format!("step-{step:08}"));
         CheckpointStore::verify(dir_of(&back)).expect("verifies");
-        common::assert_same_state(&dir_of(&fore), &dir_of(&back));
+        same_state::assert_same_state(&dir_of(&fore), &dir_of(&back));
     }
     let (ma, mb) = (
         read_metrics(fore.log_dir().join("metrics.jsonl")).expect("metrics"),

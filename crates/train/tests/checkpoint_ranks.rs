@@ -4,6 +4,7 @@
 
 mod common;
 mod ranks;
+mod same_state;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,7 +147,7 @@ fn per_rank_checkpoints_resume(test: &str, sets: &[&str]) {
     assert_eq!(steps_on_disk(&split), vec![2, 4, 5]);
     let resume = |_| HashMap::from([(RESUME_VAR, "auto".to_string())]);
     train_2_ranks(test, dir.path(), &split_tree, resume, 8);
-    common::assert_same_state(&checkpoint(&straight, 8), &checkpoint(&split, 8));
+    same_state::assert_same_state(&checkpoint(&straight, 8), &checkpoint(&split, 8));
     assert_eq!(losses(&straight), losses(&split));
 
     // 2 ranks -> 1 process: the restored state, saved again, is the checkpoint's bit for bit.
@@ -167,7 +168,7 @@ fn per_rank_checkpoints_resume(test: &str, sets: &[&str]) {
         one_4.join("model.safetensors").is_file(),
         "one process writes one file"
     );
-    common::assert_same_state(&at_4, &one_4);
+    same_state::assert_same_state(&at_4, &one_4);
 
     // ... and back to 2 ranks.
     let back = dir.path().join("back");
@@ -185,7 +186,7 @@ fn per_rank_checkpoints_resume(test: &str, sets: &[&str]) {
         back_4.join("optimizer.index.json").is_file(),
         "2 ranks write their parts"
     );
-    common::assert_same_state(&one_4, &back_4);
+    same_state::assert_same_state(&one_4, &back_4);
 }
 
 /// Kills `victim` while its part of the step-4 save is written (held back by a slow disk): the
@@ -228,7 +229,7 @@ fn kill_during_save(test: &str, victim: usize) {
 
     let resume = |_| HashMap::from([(RESUME_VAR, "auto".to_string())]);
     train_2_ranks(test, dir.path(), &killed_tree, resume, 8);
-    common::assert_same_state(&checkpoint(&straight, 8), &checkpoint(&killed, 8));
+    same_state::assert_same_state(&checkpoint(&straight, 8), &checkpoint(&killed, 8));
 }
 
 #[test]

@@ -1,0 +1,25 @@
+//! Comparing checkpoints tensor by tensor (tests of train only: other crates include
+//! `common`, which must not need corenet-train).
+
+use std::path::Path;
+
+/// Every model and optimizer tensor of checkpoint `a` equals `b`'s bit for bit (either
+/// layout).
+pub fn assert_same_state(a: &Path, b: &Path) {
+    let read = |dir: &Path| corenet_train::checkpoint::contents::read_tensors(dir).expect("read");
+    let (ta, tb) = (read(a), read(b));
+    for (x, y) in [(&ta.model, &tb.model), (&ta.optimizer, &tb.optimizer)] {
+        let names = |list: &[(String, tch::Tensor)]| -> Vec<String> {
+            list.iter().map(|(n, _)| n.clone()).collect()
+        };
+        assert_eq!(names(x), names(y));
+        for ((name, va), (_, vb)) in x.iter().zip(y) {
+            assert!(
+                va.equal(vb),
+                "`{name}` differs: {} vs {}",
+                a.display(),
+                b.display()
+            );
+        }
+    }
+}
