@@ -57,16 +57,6 @@ fn save_lines(recipe: &Recipe) -> Vec<Value> {
         .collect()
 }
 
-fn steps_on_disk(recipe: &Recipe) -> Vec<u64> {
-    let store = CheckpointStore::new(recipe.checkpoint_dir(), 0).expect("store");
-    store
-        .list()
-        .expect("list")
-        .into_iter()
-        .map(|e| e.step)
-        .collect()
-}
-
 /// Nothing of a failed or unfinished save is left behind.
 fn no_debris(recipe: &Recipe) {
     for entry in std::fs::read_dir(recipe.checkpoint_dir()).expect("list") {
@@ -88,8 +78,14 @@ fn background_saves_hold_what_foreground_saves_hold() {
     let (_, b) = train(&back, None);
     assert_eq!(a.expect("foreground").final_step, 8);
     assert_eq!(b.expect("background").final_step, 8);
-    assert_eq!(steps_on_disk(&fore), vec![2, 4, 6, 8]);
-    assert_eq!(steps_on_disk(&back), vec![2, 4, 6, 8]);
+    assert_eq!(
+        same_state::steps_on_disk(&fore.checkpoint_dir()),
+        vec![2, 4, 6, 8]
+    );
+    assert_eq!(
+        same_state::steps_on_disk(&back.checkpoint_dir()),
+        vec![2, 4, 6, 8]
+    );
     for step in [2, 4, 6, 8] {
         let dir_of = |r: &Recipe| r.checkpoint_dir().join(format!("step-{step:08}"));
         CheckpointStore::verify(dir_of(&back)).expect("verifies");
@@ -177,7 +173,7 @@ fn a_stop_waits_for_the_save_in_flight() {
     assert!(summary.interrupted);
     let stopped = summary.final_step;
     assert!((2..8).contains(&stopped), "stopped at {stopped}");
-    let steps = steps_on_disk(&r);
+    let steps = same_state::steps_on_disk(&r.checkpoint_dir());
     assert_eq!(steps.first(), Some(&2), "{steps:?}");
     assert_eq!(steps.last(), Some(&stopped), "{steps:?}");
     for step in steps {
@@ -205,7 +201,11 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
             message.contains("step 4") && message.contains("No space left on device"),
             "{name}: {message}"
         );
-        assert_eq!(steps_on_disk(&r), vec![2], "{name}");
+        assert_eq!(
+            same_state::steps_on_disk(&r.checkpoint_dir()),
+            vec![2],
+            "{name}"
+        );
         no_debris(&r);
         let lines = save_lines(&r);
         let failed = lines.last().expect("a line");

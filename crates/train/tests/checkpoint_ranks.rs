@@ -39,16 +39,6 @@ fn checkpoint(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join(format!("checkpoints/step-{step:08}"))
 }
 
-fn steps_on_disk(run_dir: &Path) -> Vec<u64> {
-    let store = CheckpointStore::new(run_dir.join("checkpoints"), 0).expect("store");
-    store
-        .list()
-        .expect("list")
-        .into_iter()
-        .map(|e| e.step)
-        .collect()
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create");
     for entry in std::fs::read_dir(from).expect("list") {
@@ -89,7 +79,10 @@ fn per_rank_checkpoints_resume(test: &str, sets: &[&str]) {
     let tree = setup(dir.path(), sets);
     let straight = dir.path().join("straight");
     train_2_ranks(test, dir.path(), &in_dir(&tree, &straight), no_env, 8);
-    assert_eq!(steps_on_disk(&straight), vec![2, 4, 6, 8]);
+    assert_eq!(
+        same_state::steps_on_disk(&straight.join("checkpoints")),
+        vec![2, 4, 6, 8]
+    );
 
     // Every rank wrote its own files; one manifest lists them all.
     let at_4 = checkpoint(&straight, 4);
@@ -144,7 +137,10 @@ fn per_rank_checkpoints_resume(test: &str, sets: &[&str]) {
     let split_tree = in_dir(&tree, &split);
     let stop = |_| HashMap::from([(STOP_AT_VAR, "5".to_string())]);
     train_2_ranks(test, dir.path(), &split_tree, stop, 5);
-    assert_eq!(steps_on_disk(&split), vec![2, 4, 5]);
+    assert_eq!(
+        same_state::steps_on_disk(&split.join("checkpoints")),
+        vec![2, 4, 5]
+    );
     let resume = |_| HashMap::from([(RESUME_VAR, "auto".to_string())]);
     train_2_ranks(test, dir.path(), &split_tree, resume, 8);
     same_state::assert_same_state(&checkpoint(&straight, 8), &checkpoint(&split, 8));
@@ -225,7 +221,10 @@ fn kill_during_save(test: &str, victim: usize) {
         Some(0),
         "rank {survivor} should fail"
     );
-    assert_eq!(steps_on_disk(&killed), vec![2]);
+    assert_eq!(
+        same_state::steps_on_disk(&killed.join("checkpoints")),
+        vec![2]
+    );
 
     let resume = |_| HashMap::from([(RESUME_VAR, "auto".to_string())]);
     train_2_ranks(test, dir.path(), &killed_tree, resume, 8);
@@ -289,7 +288,7 @@ fn a_full_disk_on_one_rank_stops_every_rank() {
         "{}",
         results[0].stdout
     );
-    assert_eq!(steps_on_disk(&run), vec![2]);
+    assert_eq!(same_state::steps_on_disk(&run.join("checkpoints")), vec![2]);
     let leftovers: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
         .expect("list")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -172,18 +172,7 @@ pub fn read_tensors(dir: &Path) -> Result<CheckpointTensors> {
     }
     model.sort_by(|a, b| a.0.cmp(&b.0));
     let mut optimizer = match OptimizerIndex::read(dir)? {
-        Some(index) => {
-            let source = FlatSource::open(dir, index.clone())?;
-            let mut out = Vec::new();
-            for moment in &index.moments {
-                for p in &index.params {
-                    let n = p.shape.iter().product::<i64>().max(0) as usize;
-                    let t = source.read(moment, p.offset, n)?.view(p.shape.as_slice());
-                    out.push((format!("{moment}.{}", p.name), t));
-                }
-            }
-            out
-        }
+        Some(index) => FlatSource::open(dir, index)?.per_parameter()?,
         None => corenet_model::load_tensors(&dir.join(OPTIMIZER_FILE))?,
     };
     optimizer.sort_by(|a, b| a.0.cmp(&b.0));

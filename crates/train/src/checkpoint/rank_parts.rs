@@ -62,13 +62,17 @@ pub fn model_owners(bytes: &[usize], world: usize) -> Vec<usize> {
         .collect()
 }
 
-/// HF's `model.safetensors.index.json` for tensors `names` (with their byte sizes) owned as
-/// [`model_owners`] says.
-pub fn model_index_json(names: &[String], bytes: &[usize], world: usize) -> Vec<u8> {
-    let owners = model_owners(bytes, world);
+/// HF's `model.safetensors.index.json` for tensors `names` (with their byte sizes) written by
+/// `owners` ([`model_owners`]).
+pub fn model_index_json(
+    names: &[String],
+    bytes: &[usize],
+    owners: &[usize],
+    world: usize,
+) -> Vec<u8> {
     let weight_map: BTreeMap<&str, String> = names
         .iter()
-        .zip(&owners)
+        .zip(owners)
         .map(|(name, &rank)| (name.as_str(), model_part_file(rank, world)))
         .collect();
     let index = serde_json::json!({
@@ -273,6 +277,27 @@ impl FlatSource {
         Ok(())
     }
 
+    /// The whole of parameter `i` (in the index's order) of `moment`, in its shape (f32, CPU).
+    pub fn read_parameter(&self, moment: &str, i: usize) -> Result<Tensor> {
+        let p = &self.index.params[i];
+        let n = p.shape.iter().product::<i64>().max(0) as usize;
+        Ok(self.read(moment, p.offset, n)?.view(p.shape.as_slice()))
+    }
+
+    /// Every parameter of every moment in the per-parameter layout (`exp_avg.NAME`, …).
+    pub fn per_parameter(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for moment in &self.index.moments {
+            for (i, p) in self.index.params.iter().enumerate() {
+                out.push((
+                    format!("{moment}.{}", p.name),
+                    self.read_parameter(moment, i)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Elements `[start, start + len)` of `moment` in the flat space (f32, on the CPU).
     pub fn read(&self, moment: &str, start: usize, len: usize) -> Result<Tensor> {
         let mut bytes = Vec::with_capacity(len * 4);
@@ -318,15 +343,7 @@ impl FlatSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn layout(shapes: &[i64], world: usize) -> FlatLayout {
-        let params: Vec<(String, Vec<i64>)> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (format!("p{i}"), vec![n]))
-            .collect();
-        FlatLayout::new(&params, world)
-    }
+    use crate::optim::zero1::test_layout as layout;
 
     #[test]
     fn model_tensors_split_into_contiguous_balanced_runs() {

@@ -76,7 +76,7 @@ pub(crate) fn take_snapshot(of: SnapshotOf<'_>) -> Result<Snapshot> {
             let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
             snapshot.small_files.push((
                 MODEL_INDEX_FILE.into(),
-                model_index_json(&names, &bytes, of.world),
+                model_index_json(&names, &bytes, &owners, of.world),
             ));
             let index = OptimizerIndex::new(&layout, moments.into_iter().map(|(m, _)| m).collect());
             snapshot

@@ -32,6 +32,7 @@ use crate::checkpoint::store::CheckpointStore;
 use crate::error::{Error, Result};
 
 /// The other ranks of a data-parallel save, reached through the group's key store.
+#[derive(Clone)]
 pub(crate) struct Peers {
     pub store: Arc<SharedStore>,
     pub rank: usize,
@@ -112,11 +113,7 @@ impl CheckpointWriter {
         self.seq += 1;
         let step = job.step;
         let (store, seq) = (self.store.clone(), self.seq);
-        let peers = self.peers.as_ref().map(|p| Peers {
-            store: Arc::clone(&p.store),
-            rank: p.rank,
-            world: p.world,
-        });
+        let peers = self.peers.clone();
         let run = move || write_and_commit(&store, peers.as_ref(), seq, job);
         if !self.background {
             let outcome = run();
@@ -186,14 +183,7 @@ impl CheckpointWriter {
     /// a rank that died); `None` also when the writer is still busy then.
     pub fn wait_at_most(&mut self, limit: Duration) -> Option<Result<SaveRecord>> {
         let deadline = Instant::now() + limit;
-        while self
-            .in_flight
-            .as_ref()?
-            .handle
-            .is_finished()
-            .then_some(())
-            .is_none()
-        {
+        while !self.in_flight.as_ref()?.handle.is_finished() {
             if Instant::now() >= deadline {
                 tracing::warn!(step = self.in_flight.as_ref().map(|f| f.step), "gave up waiting for the checkpoint being written; the previous checkpoint stays the newest");
                 return None;

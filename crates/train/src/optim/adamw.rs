@@ -297,16 +297,7 @@ impl AdamW {
 
     /// Restores every moment from a per-rank checkpoint's flat parts, after `step` updates.
     pub fn load_flat(&mut self, source: &FlatSource, step: u64) -> Result<()> {
-        let mut tensors = HashMap::new();
-        for moment in self.moments() {
-            for (i, (name, shape)) in self.shapes().into_iter().enumerate() {
-                let offset = source.index().params[i].offset;
-                let n = shape.iter().product::<i64>().max(0) as usize;
-                let t = source.read(moment, offset, n)?.view(shape.as_slice());
-                tensors.insert(format!("{moment}.{name}"), t);
-            }
-        }
-        self.load_state(tensors, step)
+        self.load_state(source.per_parameter()?.into_iter().collect(), step)
     }
 
     /// Restores what `state_tensors` saved, after `step` updates; every tensor must be present

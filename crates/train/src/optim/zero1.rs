@@ -440,18 +440,21 @@ fn read_range(
     )?)
 }
 
+/// A layout of 1-D parameters `p0, p1, …` with these lengths (unit tests).
+#[cfg(test)]
+pub(crate) fn test_layout(shapes: &[i64], world: usize) -> FlatLayout {
+    let params: Vec<(String, Vec<i64>)> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("p{i}"), vec![n]))
+        .collect();
+    FlatLayout::new(&params, world)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_layout as layout;
     use super::*;
-
-    fn layout(shapes: &[i64], world: usize) -> FlatLayout {
-        let params: Vec<(String, Vec<i64>)> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (format!("p{i}"), vec![n]))
-            .collect();
-        FlatLayout::new(&params, world)
-    }
 
     #[test]
     fn ranges_cover_every_element_once() {

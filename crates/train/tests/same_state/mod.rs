@@ -1,5 +1,5 @@
-//! Comparing checkpoints tensor by tensor (tests of train only: other crates include
-//! `common`, which must not need corenet-train).
+//! Checkpoints in tests: which are on disk, and comparing two tensor by tensor (tests of train
+//! only: other crates include `common`, which must not need corenet-train).
 
 use std::path::Path;
 
@@ -22,4 +22,16 @@ pub fn assert_same_state(a: &Path, b: &Path) {
             );
         }
     }
+}
+
+/// The steps of the complete checkpoints in `checkpoint_dir`, oldest first.
+pub fn steps_on_disk(checkpoint_dir: &Path) -> Vec<u64> {
+    let store =
+        corenet_train::checkpoint::store::CheckpointStore::new(checkpoint_dir, 0).expect("store");
+    store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|e| e.step)
+        .collect()
 }
