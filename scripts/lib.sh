@@ -285,6 +285,7 @@ ensure_reference_venv() {
         numpy safetensors tensorboard sentencepiece
     ensure_export_clients
     ensure_tracking_clients
+    ensure_finetune_clients
 }
 
 # The clients the exports are checked in (tests/export_clients.rs), none written here:
@@ -312,6 +313,19 @@ ensure_tracking_clients() {
     fi
     log "reference venv: the tracking clients (${TRACKING_CLIENTS[*]})"
     pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "${TRACKING_CLIENTS[@]}"
+}
+
+# The adapter library the PEFT checks run against (crates/train/tests/peft_parity.rs): HF PEFT
+# applies LoRA/DoRA to the HF export, and loads corenet's adapter export. It shares the venv's
+# torch and transformers.
+FINETUNE_CLIENTS=(peft==0.21.2)
+ensure_finetune_clients() {
+    if "$REF_VENV/bin/python" -c "import peft" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "reference venv: the fine-tuning clients (${FINETUNE_CLIENTS[*]})"
+    pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" \
+        "transformers==5.24.0" "${FINETUNE_CLIENTS[@]}"
 }
 
 ref_torch_installed() {

@@ -24,6 +24,8 @@ enum FormatArg {
     Hf,
     Mlx,
     Gguf,
+    /// A PEFT checkpoint's adapters in HF PEFT's layout.
+    Peft,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,6 +73,14 @@ pub struct ExportArgs {
     /// GGUF only: tensor type of the matrices (norms stay f32); default f32.
     #[arg(long = "type", value_enum)]
     gguf_type: Option<GgufTypeArg>,
+    /// A PEFT checkpoint: fold its LoRA/DoRA adapters into the base weights (hf, mlx, gguf);
+    /// `--format peft` writes them alone instead.
+    #[arg(long)]
+    merge_adapters: bool,
+    /// A PEFT checkpoint's base weights (HF folder or checkpoint), when not at the folder its
+    /// adapters.json names; checked against the recorded fingerprint.
+    #[arg(long)]
+    base: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -106,6 +116,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
             FormatArg::Hf => Format::Hf,
             FormatArg::Mlx => Format::Mlx,
             FormatArg::Gguf => Format::Gguf,
+            FormatArg::Peft => Format::Peft,
         },
         vocab_size: args.vocab_size,
         dtype: args.dtype.map(|d| match d {
@@ -122,6 +133,8 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
             GgufTypeArg::F16 => GgufType::F16,
             GgufTypeArg::Q8_0 => GgufType::Q8_0,
         }),
+        merge_adapters: args.merge_adapters,
+        base: args.base.clone(),
     };
     let summary = corenet_export::export(
         &args.checkpoint,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::template::Template;
 
 /// How documents become fixed-length rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -31,6 +32,11 @@ pub struct SourceConfig {
     pub format: Option<Format>,
     /// JSON key or parquet column holding the text; dots descend into JSON objects.
     pub text_key: String,
+    /// Render each JSON record's fields into the text instead of reading `text_key`
+    /// (`alpaca`: CommonSense-170k / LLM-Adapters records). JSON-lines sources only. Left out
+    /// of the resolved recipe when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
     /// Relative sampling weight (rows drawn from this source ∝ weight).
     pub weight: f64,
     /// Fraction of this source's documents never trained on, chosen by a hash of each
@@ -45,6 +51,7 @@ impl Default for SourceConfig {
             paths: Vec::new(),
             format: None,
             text_key: "text".into(),
+            template: None,
             weight: 1.0,
             hold_back: 0.0,
         }
@@ -171,6 +178,9 @@ impl SourceConfig {
         }
         if self.text_key.is_empty() || self.text_key.split('.').any(str::is_empty) {
             return bad(format!("bad text_key `{}`", self.text_key));
+        }
+        if self.template.is_some() && self.format == Some(Format::Parquet) {
+            return bad("a template renders JSON records; this source is parquet".into());
         }
         if !(self.weight.is_finite() && self.weight > 0.0) {
             return bad(format!("weight must be positive, got {}", self.weight));

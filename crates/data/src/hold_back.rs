@@ -80,6 +80,7 @@ pub fn for_each_document(
             path: &file.path,
             format: file.format,
             text_key: &source.text_key,
+            template: source.template,
             stride: Stride::ALL,
             max_record_bytes,
         };

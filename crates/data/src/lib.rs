@@ -28,6 +28,7 @@ mod source_stream;
 pub mod state;
 pub mod stats;
 pub mod stream;
+pub mod template;
 pub mod text_fix;
 pub mod tokenizer;
 pub mod tokenizer_train;

@@ -203,6 +203,7 @@ pub fn write_samples(corpus: &Path, out_dir: &Path, opts: &SampleOptions) -> Res
             paths: vec![dir.join(layout.glob).to_string_lossy().into_owned()],
             format: None,
             text_key: layout.text_key.into(),
+            template: None,
             weight: 1.0,
             hold_back: 0.0,
         });

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::template::Template;
 
 /// One shard file of a source.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,7 @@ pub struct ShardFile {
 pub struct Source {
     pub name: String,
     pub text_key: String,
+    pub template: Option<Template>,
     pub weight: f64,
     /// Fraction of documents held back for validation.
     pub hold_back: f64,
@@ -58,12 +60,20 @@ impl Source {
                     Some(f) => f,
                     None => Format::infer(&path)?,
                 };
+                if cfg.template.is_some() && !format.is_lines() {
+                    return Err(Error::Config(format!(
+                        "source `{}`: {} is {format:?}; a template renders JSON-lines records",
+                        cfg.name,
+                        path.display()
+                    )));
+                }
                 Ok(ShardFile { path, format })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Source {
             name: cfg.name.clone(),
             text_key: cfg.text_key.clone(),
+            template: cfg.template,
             weight: cfg.weight,
             hold_back: cfg.hold_back,
             files,

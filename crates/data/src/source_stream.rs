@@ -272,6 +272,7 @@ impl SourceStream {
             path: &shard_file.path,
             format: shard_file.format,
             text_key: &source.text_key,
+            template: source.template,
             stride,
             max_record_bytes: pipe.config.max_record_bytes,
         };

@@ -48,6 +48,7 @@ pub fn shard_tokens(
         path,
         format,
         text_key: &options.text_key,
+        template: None,
         stride: Stride::ALL,
         max_record_bytes: 256 * 1024 * 1024,
     };

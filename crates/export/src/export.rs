@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use corenet_model::manifest::{read_manifest, MANIFEST_FILE};
-use corenet_model::{staged_folder::check_target, StagedFolder};
+use corenet_model::{staged_folder::check_target, AdapterRecord, StagedFolder, ADAPTERS_FILE};
 
 use crate::error::{Error, Result};
 use crate::gguf_file::{plan_gguf, write_gguf};
@@ -13,6 +13,7 @@ use crate::hf_folder::write_hf_folder;
 use crate::mlx_folder::{check_quantization, write_mlx_folder};
 use crate::model_card::write_model_card;
 use crate::options::{ExportOptions, Format, GgufType};
+use crate::peft_adapter::write_peft_adapter;
 use crate::shipped_tokenizer::ShippedTokenizer;
 
 /// What was written.
@@ -36,11 +37,18 @@ pub fn export(
     options.validate()?;
     match options.format {
         Format::Gguf => check_file_target(out)?,
-        Format::Hf | Format::Mlx => check_target(out)?,
+        Format::Hf | Format::Mlx | Format::Peft => check_target(out)?,
     }
     let shipped = ShippedTokenizer::find(checkpoint, tokenizer)?;
-    // Verifies the checkpoint's manifest (or an HF folder's tensors) before reading weights.
-    let (_vs, model) = corenet_model::pretrained::open(checkpoint, tch::Device::Cpu)?;
+    // Verifies the checkpoint's manifest (or an HF folder's tensors) before reading weights; a
+    // PEFT checkpoint opens as its (fingerprint-checked) base with the adapters attached.
+    let device = tch::Device::Cpu;
+    let (_vs, mut model) =
+        corenet_model::pretrained::open_with_base(checkpoint, options.base.as_deref(), device)?;
+    if let Some(summary) = adapters_only(checkpoint, &model, out, options, &shipped)? {
+        return Ok(summary);
+    }
+    fold_adapters(&mut model, options)?;
     let (config, tensors) = corenet_model::hf::hf_tensors(&model, options.vocab_size)?;
     if shipped.vocab_size > config.vocab_size {
         return Err(Error::option(
@@ -90,6 +98,8 @@ pub fn export(
             metadata.insert("format".into(), "mlx".into());
             staged.commit(step, metadata)?;
         }
+        // Written (and returned) by `adapters_only` above.
+        Format::Peft => {}
         Format::Gguf => {
             let ty = options.gguf_type.unwrap_or(GgufType::F32);
             let plan = plan_gguf(&config, &tensors, ty)?;
@@ -108,6 +118,64 @@ pub fn export(
         tokenizer: shipped.source,
         vocab_size: config.vocab_size,
     })
+}
+
+/// `--format peft`: the adapters in HF PEFT's layout, written whole or not at all.
+fn adapters_only(
+    checkpoint: &Path,
+    model: &corenet_model::OpenElm,
+    out: &Path,
+    options: &ExportOptions,
+    shipped: &ShippedTokenizer,
+) -> Result<Option<ExportSummary>> {
+    if options.format != Format::Peft {
+        return Ok(None);
+    }
+    let record = AdapterRecord::read(checkpoint)?.ok_or_else(|| Error::Unsupported {
+        format: "peft",
+        reason: format!(
+            "{} is not a PEFT checkpoint (no {ADAPTERS_FILE})",
+            checkpoint.display()
+        ),
+    })?;
+    let base = options.base.as_deref().or(record.base.as_deref());
+    let staged = StagedFolder::create(out)?;
+    write_peft_adapter(
+        staged.path(),
+        model,
+        &record.peft,
+        base,
+        options.float_type(),
+    )?;
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(
+        "exported_from".into(),
+        checkpoint.display().to_string().into(),
+    );
+    metadata.insert("format".into(), "peft".into());
+    staged.commit(source_step(checkpoint), metadata)?;
+    tracing::info!(out = %out.display(), "exported the adapters (HF PEFT layout)");
+    Ok(Some(ExportSummary {
+        out: out.to_path_buf(),
+        tokenizer: shipped.source.clone(),
+        vocab_size: model.config().vocab_size,
+    }))
+}
+
+/// A model with adapters is written merged, and only when asked to be.
+fn fold_adapters(model: &mut corenet_model::OpenElm, options: &ExportOptions) -> Result<()> {
+    match (model.has_adapters(), options.merge_adapters) {
+        (true, true) => Ok(model.merge_adapters()?),
+        (true, false) => Err(Error::option(
+            "merge-adapters",
+            "the checkpoint holds LoRA/DoRA adapters on a frozen base: export them merged into the base (--merge-adapters) or alone in HF PEFT's layout (--format peft)",
+        )),
+        (false, true) => Err(Error::option(
+            "merge-adapters",
+            "the checkpoint has no adapters to merge",
+        )),
+        (false, false) => Ok(()),
+    }
 }
 
 /// The training step a checkpoint's manifest records (0 for an HF folder without one).

@@ -13,6 +13,9 @@ pub enum Format {
     Mlx,
     /// One GGUF file for llama.cpp, tokenizer embedded.
     Gguf,
+    /// A PEFT checkpoint's adapters alone, in HF PEFT's layout (`adapter_config.json`,
+    /// `adapter_model.safetensors`) for `PeftModel.from_pretrained` on the base's HF export.
+    Peft,
 }
 
 /// Floating-point storage of the weights (HF and MLX folders).
@@ -70,6 +73,10 @@ pub struct ExportOptions {
     pub quantization: Option<Quantization>,
     /// GGUF only; f32 unless given.
     pub gguf_type: Option<GgufType>,
+    /// A PEFT checkpoint's adapters are folded into the base weights (hf, mlx, gguf).
+    pub merge_adapters: bool,
+    /// A PEFT checkpoint's base weights, when not at the folder its `adapters.json` names.
+    pub base: Option<std::path::PathBuf>,
 }
 
 impl ExportOptions {
@@ -81,6 +88,8 @@ impl ExportOptions {
             dtype: None,
             quantization: None,
             gguf_type: None,
+            merge_adapters: false,
+            base: None,
         }
     }
 
@@ -116,6 +125,17 @@ impl ExportOptions {
                     "group-size",
                     format!("{}: MLX quantizes in groups of 32, 64 or 128", q.group_size),
                 ));
+            }
+        }
+        if self.format == Format::Peft {
+            if self.merge_adapters {
+                return Err(Error::option(
+                    "merge-adapters",
+                    "--format peft writes the adapters unmerged",
+                ));
+            }
+            if self.vocab_size.is_some() {
+                return Err(only("vocab-size", "hf, mlx or gguf"));
             }
         }
         if self.vocab_size == Some(0) {

@@ -3,6 +3,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use crate::adapter::{project, Adapter};
 use crate::init::normal;
 use crate::kernel_choice::{self, GqaKernel};
 use crate::kv_cache::LayerCache;
@@ -16,6 +17,9 @@ pub struct Attention {
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub out_proj: Tensor,
+    /// LoRA/DoRA on `qkv_proj` and `out_proj` (crate::peft).
+    pub qkv_adapter: Option<Adapter>,
+    pub out_adapter: Option<Adapter>,
     query_heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -58,6 +62,8 @@ impl Attention {
             q_norm,
             k_norm,
             out_proj,
+            qkv_adapter: None,
+            out_adapter: None,
             query_heads: hq,
             kv_heads: hkv,
             head_dim: hd,
@@ -69,8 +75,7 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input must be (B, T, C)");
         let (hq, hkv, hd) = (self.query_heads, self.kv_heads, self.head_dim);
-        let qkv = x
-            .linear::<Tensor>(&self.qkv_proj, None) // (B, T, (Hq + 2Hkv) * D)
+        let qkv = project(x, &self.qkv_proj, self.qkv_adapter.as_ref()) // (B, T, (Hq + 2Hkv) * D)
             .view([b, t, hq + 2 * hkv, hd])
             .transpose(1, 2); // (B, Hq + 2Hkv, T, D)
         let mut q = qkv.narrow(1, 0, hq); // (B, Hq, T, D)
@@ -87,10 +92,8 @@ impl Attention {
             (k, v) = cache.append(&k, &v); // (B, Hkv, S, D), S = offset + T
         }
         let y = self.attend(&q, &k, &v, offset as i64); // (B, Hq, T, D)
-        y.transpose(1, 2)
-            .contiguous()
-            .view([b, t, hq * hd]) // (B, T, Hq * D)
-            .linear::<Tensor>(&self.out_proj, None)
+        let y = y.transpose(1, 2).contiguous().view([b, t, hq * hd]); // (B, T, Hq * D)
+        project(&y, &self.out_proj, self.out_adapter.as_ref())
     }
 
     /// Scaled dot-product attention, causal, scale 1/sqrt(D); query head j reads KV head

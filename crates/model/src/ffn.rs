@@ -2,12 +2,16 @@
 
 use tch::{nn, Tensor};
 
+use crate::adapter::{project, Adapter};
 use crate::init::normal;
 
 #[derive(Debug)]
 pub struct FeedForward {
     pub proj_1: Tensor,
     pub proj_2: Tensor,
+    /// LoRA/DoRA on `proj_1` and `proj_2` (crate::peft).
+    pub proj_1_adapter: Option<Adapter>,
+    pub proj_2_adapter: Option<Adapter>,
     glu: bool,
 }
 
@@ -25,19 +29,21 @@ impl FeedForward {
         FeedForward {
             proj_1: normal(&(path / "proj_1"), &[proj_1_rows, d], (d as f64).powf(-0.5)),
             proj_2: normal(&(path / "proj_2"), &[d, f], proj_2_std),
+            proj_1_adapter: None,
+            proj_2_adapter: None,
             glu,
         }
     }
 
     /// x: (B, T, C) -> (B, T, C)
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let h = x.linear::<Tensor>(&self.proj_1, None); // (B, T, 2F) or (B, T, F)
+        let h = project(x, &self.proj_1, self.proj_1_adapter.as_ref()); // (B, T, 2F) or (B, T, F)
         let h = if self.glu {
             let parts = h.chunk(2, -1);
             parts[0].silu() * &parts[1] // (B, T, F)
         } else {
             h.silu()
         };
-        h.linear::<Tensor>(&self.proj_2, None)
+        project(&h, &self.proj_2, self.proj_2_adapter.as_ref())
     }
 }

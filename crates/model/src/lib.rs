@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapter;
+pub mod adapter_record;
 pub mod attention;
 pub mod block;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod kv_cache;
 pub mod manifest;
 pub mod norm;
 pub mod openelm;
+pub mod peft;
 pub mod preset;
 pub mod pretrained;
 pub mod rope;
@@ -27,11 +30,13 @@ pub mod scaling;
 pub mod staged_folder;
 pub mod weights;
 
+pub use adapter_record::{AdapterRecord, ADAPTERS_FILE};
 pub use config::{Multiplier, OpenElmConfig};
 pub use error::{Error, Result};
 pub use flops::{LayerParams, ParamCount};
 pub use kv_cache::KvCache;
 pub use openelm::OpenElm;
+pub use peft::{AdapterMethod, PeftConfig};
 pub use preset::PRESETS;
 pub use scaling::LayerDims;
 pub use staged_folder::StagedFolder;

@@ -2,6 +2,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use crate::adapter::{Adapter, DropoutKey};
 use crate::attention::AttentionShape;
 use crate::block::Block;
 use crate::config::OpenElmConfig;
@@ -14,13 +15,17 @@ use crate::scaling::LayerDims;
 
 #[derive(Debug)]
 pub struct OpenElm {
-    config: OpenElmConfig,
+    pub(crate) config: OpenElmConfig,
     dims: Vec<LayerDims>,
     pub token_embeddings: Tensor,
     pub layers: Vec<Block>,
     pub norm: RmsNorm,
     /// Only when the head is not tied to the embedding (HF name `lm_head.weight`).
     pub lm_head: Option<Tensor>,
+    /// LoRA/DoRA on the token lookup (crate::peft); the tied head keeps the base table.
+    pub embedding_adapter: Option<Adapter>,
+    /// Switches every adapter's dropout (off unless a trainer sets a micro-batch's key).
+    pub(crate) dropout_key: DropoutKey,
     rope: Rope,
 }
 
@@ -78,6 +83,8 @@ impl OpenElm {
             layers,
             norm,
             lm_head,
+            embedding_adapter: None,
+            dropout_key: DropoutKey::default(),
             rope,
         })
     }
@@ -137,13 +144,11 @@ impl OpenElm {
             ));
         }
         let pad = self.config.padding_index.unwrap_or(-1);
-        Ok(Tensor::embedding(
-            &self.token_embeddings,
-            tokens,
-            pad,
-            false,
-            false,
-        ))
+        let rows = Tensor::embedding(&self.token_embeddings, tokens, pad, false, false);
+        Ok(match &self.embedding_adapter {
+            Some(adapter) => adapter.embedding(tokens, rows, &self.token_embeddings, pad),
+            None => rows,
+        })
     }
 
     /// x: (B, T, C) -> logits (B, T, V), after the final norm.

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tch::{nn, Device};
 
+use crate::adapter_record::{open_adapted, AdapterRecord};
 use crate::config::OpenElmConfig;
 use crate::error::{Error, Result};
 use crate::hf::{read_hf_config, CONFIG_FILE, WEIGHTS_FILE};
@@ -126,8 +127,24 @@ pub fn verify_folder(dir: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Builds a model with the folder's own config on `device` and loads its weights exactly.
+/// Builds a model with the folder's own config on `device` and loads its weights exactly. A PEFT
+/// checkpoint (one with `adapters.json`) opens as its base with the adapters attached,
+/// unmerged ([`open_adapted`]).
 pub fn open(dir: &Path, device: Device) -> Result<(nn::VarStore, OpenElm)> {
+    open_with_base(dir, None, device)
+}
+
+/// [`open`], taking a PEFT checkpoint's base weights from `base` instead of the folder its
+/// record names (the base moved, or was a seeded initialisation).
+pub fn open_with_base(
+    dir: &Path,
+    base: Option<&Path>,
+    device: Device,
+) -> Result<(nn::VarStore, OpenElm)> {
+    if let Some(record) = AdapterRecord::read(dir)? {
+        verify_folder(dir)?;
+        return open_adapted(dir, &record, base, device);
+    }
     let config = read_folder_config(dir)?;
     let vs = nn::VarStore::new(device);
     let model = OpenElm::new(&vs.root(), &config)?;
@@ -142,7 +159,7 @@ pub fn load_pretrained(model: &OpenElm, dir: &Path) -> Result<()> {
     let folder = read_folder_config(dir)?;
     check_architecture(&folder, model.config(), dir)?;
     let files = weight_files(dir)?;
-    copy_tensors(model, &files, true)?;
+    copy_tensors(model.named_parameters(), &files, true)?;
     let (from, to) = (folder.vocab_size, model.config().vocab_size);
     if from != to {
         tracing::info!(

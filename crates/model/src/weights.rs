@@ -108,13 +108,34 @@ impl OpenElm {
     /// Copies the tensors of `path` into the parameters (converted to their dtype and device).
     /// The file must hold exactly this model's tensors with these shapes.
     pub fn load_safetensors(&self, path: &Path) -> Result<()> {
-        copy_tensors(self, &[path.to_path_buf()], false)
+        copy_tensors(self.named_parameters(), &[path.to_path_buf()], false)
     }
 
     /// [`Self::load_safetensors`] over several files that together hold every tensor once (the
     /// per-rank parts of a data-parallel checkpoint).
     pub fn load_safetensors_files(&self, paths: &[PathBuf]) -> Result<()> {
-        copy_tensors(self, paths, false)
+        copy_tensors(self.named_parameters(), paths, false)
+    }
+
+    /// [`Self::load_safetensors_files`] for what a checkpoint of this model holds: the adapters
+    /// when it has any ([`Self::trainable_parameters`]), else every parameter.
+    pub fn load_trainable_files(&self, paths: &[PathBuf]) -> Result<()> {
+        copy_tensors(self.trainable_parameters(), paths, false)
+    }
+
+    /// sha256 over every base parameter's name, shape and bytes, in model order: what an
+    /// adapter checkpoint records of the model it was trained on. Taken at bf16 precision, so
+    /// that a bf16 run's base (rounded on load) and the same folder opened in f32 agree.
+    pub fn base_fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for (name, t) in self.named_parameters() {
+            let rounded = t.detach().to_kind(Kind::BFloat16);
+            let raw = RawTensor::from_tensor(&name, &rounded, Path::new(&name))?;
+            hash.update(format!("{name}:{:?};", raw.shape).as_bytes());
+            hash.update(&raw.data);
+        }
+        Ok(format!("{:x}", hash.finalize()))
     }
 }
 
@@ -251,11 +272,15 @@ pub fn load_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-/// Copies the tensors of `files` into `model`'s parameters; every parameter must be found
+/// Copies the tensors of `files` into `params` (a model's, by name); every parameter must be found
 /// exactly once and every tensor must be a parameter. With `resize_vocab`, vocabulary tensors
 /// may differ in rows.
-pub(crate) fn copy_tensors(model: &OpenElm, files: &[PathBuf], resize_vocab: bool) -> Result<()> {
-    let params: HashMap<String, Tensor> = model.named_parameters().into_iter().collect();
+pub(crate) fn copy_tensors(
+    params: Vec<(String, Tensor)>,
+    files: &[PathBuf],
+    resize_vocab: bool,
+) -> Result<()> {
+    let params: HashMap<String, Tensor> = params.into_iter().collect();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for path in files {
         // One shard in memory at a time.

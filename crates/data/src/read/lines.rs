@@ -13,6 +13,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::template::Template;
 
 const BUF_BYTES: usize = 256 * 1024;
 
@@ -21,6 +22,7 @@ pub struct LineReader {
     path: PathBuf,
     input: Box<dyn BufRead + Send>,
     text_key: String,
+    template: Option<Template>,
     stride: Stride,
     max_record_bytes: usize,
     line: u64,
@@ -70,6 +72,7 @@ impl LineReader {
             path: path.to_path_buf(),
             input,
             text_key: spec.text_key.to_string(),
+            template: spec.template,
             stride: spec.stride,
             max_record_bytes: spec.max_record_bytes,
             line,
@@ -160,7 +163,11 @@ impl RecordReader for LineReader {
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue; // blank lines are not records
             }
-            return Ok(Some(match extract_text(&self.buf, &self.text_key) {
+            let text = match self.template {
+                Some(template) => template.render(&self.buf),
+                None => extract_text(&self.buf, &self.text_key),
+            };
+            return Ok(Some(match text {
                 Ok(text) => ReadItem::Doc(Record { start, end, text }),
                 Err(msg) => ReadItem::Bad(bad_record(&self.path, start, msg)),
             }));

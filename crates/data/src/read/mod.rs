@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use self::json_key::extract_text;
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::template::Template;
 
 /// Where a record starts inside a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,8 @@ pub struct OpenSpec<'a> {
     pub path: &'a Path,
     pub format: Format,
     pub text_key: &'a str,
+    /// Renders each record instead of reading `text_key` (JSON lines only).
+    pub template: Option<Template>,
     pub stride: Stride,
     pub max_record_bytes: usize,
 }

@@ -107,6 +107,7 @@ pub fn write_source(
         paths: vec![sub.join("*").to_string_lossy().into_owned()],
         format: None,
         text_key: text_key.into(),
+        template: None,
         weight: 1.0,
         hold_back: 0.0,
     };

@@ -50,6 +50,7 @@ fn read_all(path: &Path, format: Format, key: &str) -> Vec<String> {
         path,
         format,
         text_key: key,
+        template: None,
         stride: Stride::ALL,
         max_record_bytes: 1 << 20,
     };
@@ -92,6 +93,7 @@ fn reader_resumes_at_saved_position() {
             path: &path,
             format,
             text_key: key,
+            template: None,
             stride: Stride::ALL,
             max_record_bytes: 1 << 20,
         };

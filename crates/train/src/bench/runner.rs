@@ -121,6 +121,7 @@ impl Bench {
         };
         let input = StepInput {
             lr: self.lr,
+            dropout_seed: None,
             stop_vote: false,
             poison: false,
         };

@@ -141,12 +141,12 @@ pub fn read_checkpoint(dir: &Path, model: &OpenElm, optim: &mut Optimizer) -> Re
     match OptimizerIndex::read(dir)? {
         // The per-rank layout: each rank reads only the optimizer ranges it owns now.
         Some(index) => {
-            model.load_safetensors_files(&corenet_model::pretrained::weight_files(dir)?)?;
+            model.load_trainable_files(&corenet_model::pretrained::weight_files(dir)?)?;
             let source = FlatSource::open(dir, index)?;
             optim.load_flat(&source, state.optimizer_steps)?;
         }
         None => {
-            model.load_safetensors(&dir.join(MODEL_FILE))?;
+            model.load_trainable_files(&[dir.join(MODEL_FILE)])?;
             optim.load_file(&dir.join(OPTIMIZER_FILE), state.optimizer_steps)?;
         }
     }

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use corenet_data::StreamState;
-use corenet_model::OpenElm;
+use corenet_model::{AdapterRecord, OpenElm};
 
 use crate::checkpoint::contents::{TokenizerFile, TrainState};
 use crate::checkpoint::snapshot::{take_snapshot, SnapshotOf};
@@ -24,6 +24,8 @@ pub(crate) struct SaveParts<'a> {
     pub validation_loss: Option<f64>,
     /// Test hook: what goes wrong with this rank's write.
     pub fault: Option<FaultKind>,
+    /// A PEFT run's adapters record.
+    pub adapters: Option<&'a AdapterRecord>,
 }
 
 /// Starts a checkpoint of `state` (atomic: the old ones stay until it is durable). Every rank
@@ -48,6 +50,7 @@ pub(crate) fn start_save(
         rank,
         world,
         root: state.as_ref().map(|s| (parts.tokenizer, s)),
+        adapters: parts.adapters,
     })?;
     let job = SaveJob {
         step: parts.state.step,

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use corenet_model::{OpenElm, RawTensor};
+use corenet_model::{AdapterRecord, OpenElm, RawTensor, ADAPTERS_FILE};
 use tch::Tensor;
 
 use crate::checkpoint::contents::{
@@ -39,12 +39,15 @@ pub(crate) struct SnapshotOf<'a> {
     pub world: usize,
     /// Rank 0: the tokenizer and the train state (every rank's stream position in it).
     pub root: Option<(&'a TokenizerFile, &'a TrainState)>,
+    /// A PEFT run's record of its adapters and base (rank 0 writes it).
+    pub adapters: Option<&'a AdapterRecord>,
 }
 
 /// Copies this rank's part of the checkpoint to host memory.
 pub(crate) fn take_snapshot(of: SnapshotOf<'_>) -> Result<Snapshot> {
     let mut snapshot = Snapshot::default();
-    let named = of.model.named_parameters();
+    // A PEFT run's checkpoint holds its adapters (and their moments) only.
+    let named = of.model.trainable_parameters();
     // A sharded optimizer has no per-parameter tensors to write, even on one rank.
     if of.world <= 1 && matches!(of.optim, Optimizer::Replicated(_)) {
         snapshot
@@ -83,6 +86,11 @@ pub(crate) fn take_snapshot(of: SnapshotOf<'_>) -> Result<Snapshot> {
                 .small_files
                 .push((OPTIMIZER_INDEX_FILE.into(), index.to_json()));
         }
+    }
+    if let (Some(record), Some(_)) = (of.adapters, of.root) {
+        snapshot
+            .small_files
+            .push((ADAPTERS_FILE.into(), record.to_json()));
     }
     if let Some((tokenizer, state)) = of.root {
         snapshot.small_files.push((

@@ -82,6 +82,7 @@ fn check_shards(recipe: &Recipe) -> Result<Vec<(String, usize)>> {
                 path: &file.path,
                 format: file.format,
                 text_key: &source.text_key,
+                template: source.template,
                 stride: Stride::ALL,
                 max_record_bytes: recipe.data.max_record_bytes,
             };

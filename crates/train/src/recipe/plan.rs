@@ -92,6 +92,9 @@ pub struct PlanTarget {
 /// Bytes per GPU, by what they hold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryPlan {
+    /// Parameters with gradients and optimizer state: all of them, or a PEFT run's adapters.
+    pub trainable_params: u64,
+    /// Every weight: the model's, plus a PEFT run's adapters.
     pub weights: u64,
     pub gradients: u64,
     /// f32 master weights (bf16 runs), after ZeRO-1 partitioning.
@@ -189,7 +192,20 @@ pub fn plan(recipe: &Recipe, target: &PlanTarget) -> Result<Plan> {
 /// Memory per GPU of `recipe` on `world_size` data-parallel ranks with `gpu_memory` bytes each.
 pub fn memory_plan(recipe: &Recipe, world_size: usize, gpu_memory: u64) -> Result<MemoryPlan> {
     let model = &recipe.model;
-    let params = model.param_count()?.total();
+    let base = model.param_count()?.total();
+    // A PEFT run trains (and keeps gradients, masters and moments for) its adapters only.
+    let adapters = match &recipe.peft {
+        Some(peft) => peft
+            .adapter_params(model)
+            .map_err(|e| Error::config("peft", e.to_string()))?,
+        None => 0,
+    };
+    let trained = if recipe.peft.is_some() {
+        adapters
+    } else {
+        base
+    };
+    let params = trained;
     let bf16 = recipe.trainer.precision == Precision::Bf16;
     let weight_bytes = if bf16 { 2 } else { 4 };
     let shards = if recipe.trainer.sharded_optimizer {
@@ -214,12 +230,14 @@ pub fn memory_plan(recipe: &Recipe, world_size: usize, gpu_memory: u64) -> Resul
     } else {
         activations_full
     };
-    let weights = weight_bytes * params;
-    let total = weights + weights + master_weights + optimizer_moments + activations;
+    let weights = weight_bytes * (base + adapters);
+    let gradients = weight_bytes * trained;
+    let total = weights + gradients + master_weights + optimizer_moments + activations;
     let usable = (gpu_memory as f64 * USABLE_FRACTION) as u64;
     Ok(MemoryPlan {
+        trainable_params: trained,
         weights,
-        gradients: weights,
+        gradients,
         master_weights,
         optimizer_moments,
         optimizer_shards: shards,

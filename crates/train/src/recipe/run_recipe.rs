@@ -8,7 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use corenet_data::{DataConfig, Mode, TextTokenizer};
-use corenet_model::OpenElmConfig;
+use corenet_model::{OpenElmConfig, PeftConfig};
 
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerConfig, ScheduleConfig};
@@ -41,6 +41,10 @@ pub struct Recipe {
     /// Validation during training (off unless `eval.interval` is set).
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Parameter-efficient fine-tuning: LoRA/DoRA adapters on a frozen base (absent: every
+    /// parameter trains). Left out of the resolved recipe when absent, so older hashes hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peft: Option<PeftConfig>,
 }
 
 impl Recipe {
@@ -74,6 +78,12 @@ impl Recipe {
         self.optimizer.validate()?;
         self.schedule.validate()?;
         self.eval.validate(&self.data)?;
+        if let Some(peft) = &self.peft {
+            peft.validate().map_err(|e| match e {
+                corenet_model::Error::Config { field, message } => Error::config(field, message),
+                other => Error::config("peft", other.to_string()),
+            })?;
+        }
         if let Some(mlflow) = &self.logging.mlflow {
             mlflow.validate()?;
         }

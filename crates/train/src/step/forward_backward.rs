@@ -165,10 +165,11 @@ pub(crate) fn forward_backward_staged(
     Ok(detached(terms))
 }
 
-/// Every parameter of `model` with the stage that finishes its gradient.
+/// Every trainable parameter of `model` (the adapters of a PEFT run) with the stage that
+/// finishes its gradient.
 pub(crate) fn parameter_stages(model: &OpenElm) -> Vec<(Stage, Tensor)> {
     model
-        .named_parameters()
+        .trainable_parameters()
         .into_iter()
         .map(|(name, p)| (Stage::of(&name), p))
         .collect()

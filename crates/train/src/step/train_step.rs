@@ -6,6 +6,7 @@
 
 use tch::{Kind, Tensor};
 
+use corenet_model::adapter::DropoutKey;
 use corenet_model::OpenElm;
 
 use crate::dist::DataParallel;
@@ -57,6 +58,9 @@ pub(crate) struct StepSettings {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StepInput {
     pub lr: f64,
+    /// Seeds the adapters' dropout masks of this step (None: no dropout, as in benchmarks of
+    /// full training). Each micro-batch gets its own key from it ([`micro_batch_key`]).
+    pub dropout_seed: Option<u64>,
     /// This process asks to stop (SIGINT/SIGTERM); shared with the other ranks.
     pub stop_vote: bool,
     /// Fault injection for tests: make the loss NaN.
@@ -107,6 +111,9 @@ pub(crate) fn optimizer_step(
     let mut reduced = false;
     for micro in 0..settings.accumulation {
         let (inputs, targets) = next_batch()?;
+        if let Some(seed) = input.dropout_seed {
+            model.dropout_key().set(micro_batch_key(seed, micro));
+        }
         let last = micro + 1 == settings.accumulation;
         let terms = match overlap {
             // The last micro-batch completes the gradients: reduce them as they finish.
@@ -139,6 +146,7 @@ pub(crate) fn optimizer_step(
         };
         sums += Tensor::stack(&[terms.total, terms.ce, terms.z_loss], 0).to_kind(Kind::Float);
     }
+    model.dropout_key().set(DropoutKey::OFF);
     phases.backward_done();
     if input.poison {
         sums *= f64::NAN;
@@ -169,4 +177,24 @@ pub(crate) fn optimizer_step(
         &[measured, packed.narrow(0, 3, 1), found_inf.reshape([1])],
         0,
     ))
+}
+
+/// The dropout key of micro-batch `micro` of a step seeded `seed`: never [`DropoutKey::OFF`].
+fn micro_batch_key(seed: u64, micro: usize) -> u64 {
+    let key = seed ^ (micro as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    match key {
+        DropoutKey::OFF => 1,
+        key => key,
+    }
+}
+
+/// A step's dropout seed from the run's seed, the step and the rank: a pure function, so a
+/// resumed run draws the masks the uninterrupted run drew, and ranks draw different ones.
+pub(crate) fn dropout_seed(run_seed: u64, step: u64, rank: usize) -> u64 {
+    let mut z = run_seed
+        .wrapping_add(step.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .wrapping_add((rank as u64).wrapping_mul(0x94d0_49bb_1331_11eb));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -15,7 +15,7 @@
 //! stop decisions trail the device by one step and the device never idles on the host.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use tch::{nn, Device, Tensor};
 
 use corenet_data::{load_tokenizer, DataStream, TextTokenizer};
 use corenet_ffi::Readback;
-use corenet_model::OpenElm;
+use corenet_model::{AdapterRecord, OpenElm, PeftConfig};
 
 use crate::checkpoint::contents::{TokenizerFile, TrainState};
 use crate::checkpoint::data_files::agree_data_files;
@@ -44,7 +44,7 @@ use crate::recipe::{Precision, Recipe};
 use crate::step::batches::Batches;
 use crate::step::forward_backward::{parameter_stages, Stage};
 use crate::step::train_step::{
-    optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
+    dropout_seed, optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
 };
 use crate::validate::{build_sets, Validator};
 
@@ -173,6 +173,9 @@ pub struct Trainer {
     validator: Option<Validator>,
     /// Step and loss of the last validation.
     last_validation: Option<(u64, f64)>,
+    /// A PEFT run's adapters and base, written into every checkpoint.
+    adapters: Option<AdapterRecord>,
+    rank: usize,
 }
 
 impl Trainer {
@@ -231,22 +234,33 @@ impl Trainer {
                 (store, dir)
             }
         };
-        let (vs, model) = build_model(&recipe, device)?;
-        match (&options.init_from, &resume_dir) {
-            (Some(init), Some(dir)) => {
-                tracing::info!(init_from = %init.display(), checkpoint = %dir.display(), "resuming this run's checkpoint; --init-from is ignored");
+        let (mut vs, mut model) = build_model(&recipe, device)?;
+        let adapters = match &recipe.peft {
+            Some(peft) => Some(attach_peft(
+                &mut vs,
+                &mut model,
+                peft,
+                &recipe,
+                options.init_from.as_deref(),
+                resume_dir.as_deref(),
+            )?),
+            None => {
+                load_init(&model, options.init_from.as_deref(), resume_dir.as_deref())?;
+                None
             }
-            // Every rank may load; the broadcast below keeps them equal either way.
-            (Some(init), None) => corenet_model::pretrained::load_pretrained(&model, init)?,
-            (None, _) => {}
-        }
+        };
         if let Some(dp) = &dp {
             // Same seed, same weights in principle; the broadcast makes it so regardless of
             // the platform's RNG, before the optimizer copies f32 masters from them.
-            dp.broadcast_parameters(&model.named_parameters())?;
+            let mut all = model.named_parameters();
+            all.extend(model.adapter_parameters());
+            dp.broadcast_parameters(&all)?;
         }
+        let adapters = adapters
+            .map(|start| adapter_record(&model, start, resume_dir.as_deref()))
+            .transpose()?;
         let mut optim = Optimizer::new(
-            model.named_parameters(),
+            model.trainable_parameters(),
             &recipe.optimizer,
             recipe.trainer.sharded_optimizer,
             dp.as_ref(),
@@ -373,6 +387,8 @@ impl Trainer {
             tokenizer,
             validator,
             last_validation: None,
+            adapters,
+            rank,
         })
     }
 
@@ -495,6 +511,10 @@ impl Trainer {
         let lr = self.schedule.lr(self.state.step);
         let input = StepInput {
             lr,
+            dropout_seed: self
+                .adapters
+                .as_ref()
+                .map(|_| dropout_seed(self.recipe.trainer.seed, self.state.step, self.rank)),
             stop_vote: self.stop.vote() || self.save_failed.is_some(),
             poison: self.options.inject_nan_steps.contains(&self.state.step),
         };
@@ -653,6 +673,7 @@ impl Trainer {
                     .inject_checkpoint_fault
                     .filter(|f| f.step == step)
                     .map(|f| f.kind),
+                adapters: self.adapters.as_ref(),
             },
             began,
         )?;
@@ -718,6 +739,110 @@ fn lock_run_dirs(recipe: &Recipe) -> Result<Vec<RunLock>> {
 /// libtorch's default generator is process-wide: seeding and drawing the initial weights must
 /// not interleave with another trainer's (tests run several in parallel threads).
 static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+/// A full run's start from `--init-from` (a fresh run only: a resumed one has its weights).
+fn load_init(model: &OpenElm, init: Option<&Path>, resume_dir: Option<&Path>) -> Result<()> {
+    match (init, resume_dir) {
+        (Some(init), Some(dir)) => {
+            tracing::info!(init_from = %init.display(), checkpoint = %dir.display(), "resuming this run's checkpoint; --init-from is ignored");
+        }
+        // Every rank may load; the broadcast keeps them equal either way.
+        (Some(init), None) => corenet_model::pretrained::load_pretrained(model, init)?,
+        (None, _) => {}
+    }
+    if let Some(dir) = resume_dir.filter(|d| d.join(corenet_model::ADAPTERS_FILE).is_file()) {
+        return Err(Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: "a PEFT checkpoint (it holds adapters only) resumed by a recipe without a `peft:` section".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A PEFT run's model: the base weights (from `--init-from`, or on resume from the folder the
+/// checkpoint's record names; else the seeded initialisation), then the adapters, drawn from
+/// the run's seed and frozen base. Returns the config and the base folder for the record.
+fn attach_peft<'a>(
+    vs: &mut nn::VarStore,
+    model: &mut OpenElm,
+    peft: &'a PeftConfig,
+    recipe: &Recipe,
+    init: Option<&Path>,
+    resume_dir: Option<&Path>,
+) -> Result<PeftStart<'a>> {
+    let recorded = match resume_dir {
+        Some(dir) => Some(AdapterRecord::read(dir)?.ok_or_else(|| Error::Checkpoint {
+            dir: dir.to_path_buf(),
+            reason: format!(
+                "not a PEFT checkpoint (no {}), but the recipe has a `peft:` section",
+                corenet_model::ADAPTERS_FILE
+            ),
+        })?),
+        None => None,
+    };
+    let base = init
+        .map(Path::to_path_buf)
+        .or_else(|| recorded.as_ref().and_then(|r| r.base.clone()));
+    if let Some(base) = &base {
+        corenet_model::pretrained::load_pretrained(model, base)?;
+    }
+    // Recorded absolute: evaluation and export open the checkpoint from anywhere.
+    let base = base.map(|b| std::fs::canonicalize(&b).unwrap_or(b));
+    let guard = INIT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Its own stream: the adapters do not depend on whether the base was drawn or loaded.
+    tch::manual_seed(recipe.trainer.seed.wrapping_add(1) as i64);
+    model.attach_adapters(&vs.root(), peft)?;
+    drop(guard);
+    if recipe.trainer.precision == Precision::Bf16 {
+        vs.bfloat16();
+    }
+    let trainable: i64 = model
+        .adapter_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    tracing::info!(
+        method = ?peft.method,
+        rank = peft.rank,
+        modules = model.adapted_modules().len(),
+        trainable_params = trainable,
+        base = ?base,
+        "adapters attached; the base is frozen"
+    );
+    Ok(PeftStart {
+        peft,
+        base,
+        recorded,
+    })
+}
+
+/// What [`attach_peft`] started from.
+struct PeftStart<'a> {
+    peft: &'a PeftConfig,
+    base: Option<PathBuf>,
+    /// The record of the checkpoint being resumed.
+    recorded: Option<AdapterRecord>,
+}
+
+/// The record every checkpoint of a PEFT run carries (after the broadcast: rank 0's base). A
+/// resumed run's base must be the checkpoint's.
+fn adapter_record(
+    model: &OpenElm,
+    start: PeftStart<'_>,
+    resume_dir: Option<&Path>,
+) -> Result<AdapterRecord> {
+    let base_fingerprint = model.base_fingerprint()?;
+    if let (Some(recorded), Some(dir)) = (&start.recorded, resume_dir) {
+        recorded.check_base(&base_fingerprint, dir)?;
+    }
+    Ok(AdapterRecord {
+        peft: start.peft.clone(),
+        base: start.base,
+        base_fingerprint,
+    })
+}
 
 fn build_model(recipe: &Recipe, device: Device) -> Result<(nn::VarStore, OpenElm)> {
     let guard = INIT_LOCK

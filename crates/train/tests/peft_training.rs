@@ -1,0 +1,264 @@
+//! PEFT runs on the trainer: only the adapters change (every base tensor bit-identical after the
+//! run), the checkpoint holds the adapters and their moments only plus the base's fingerprint,
+//! a stopped and resumed run equals the uninterrupted one bit for bit (dropout on, activation
+//! checkpointing on), CommonSense-style records train through the `alpaca` template, and bad
+//! settings or a foreign base are refused before any step.
+
+mod common;
+mod run_recipe;
+
+use std::io::Write;
+use std::path::Path;
+
+use corenet_model::hf::export_hf;
+use corenet_model::{AdapterRecord, OpenElm, ADAPTERS_FILE};
+use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
+use serde_json::{json, Value};
+use tch::{nn, Device};
+
+const PEFT: [&str; 4] = [
+    "peft.rank=4",
+    "peft.alpha=8",
+    "peft.dropout=0.1",
+    "schedule.max_lr=1e-2",
+];
+
+fn recipe(base: &Value, dir: &Path, name: &str, sets: &[&str]) -> Recipe {
+    let all: Vec<&str> = PEFT.iter().chain(sets).copied().collect();
+    run_recipe::in_run_dir(base, dir, name, &all)
+}
+
+fn options(resume: Resume, init_from: Option<&Path>, stop_at: Option<u64>) -> TrainOptions {
+    TrainOptions {
+        resume,
+        stop_at,
+        world_size: 1,
+        init_from: init_from.map(Path::to_path_buf),
+        ..TrainOptions::default()
+    }
+}
+
+/// The base: an HF folder of a model shaped like the recipe's.
+fn base_folder(recipe: &Recipe, dir: &Path, seed: i64) -> (nn::VarStore, OpenElm) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = OpenElm::new(&vs.root(), &recipe.model).expect("model");
+    export_hf(&model, dir, None).expect("export");
+    (vs, model)
+}
+
+fn error_of(result: corenet_train::Result<Trainer>) -> String {
+    match result {
+        Ok(_) => panic!("the trainer was built"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn only_the_adapters_change_and_the_checkpoint_holds_only_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let r = recipe(&base, dir.path(), "lora", &[]);
+    let folder = dir.path().join("base");
+    let (_vs, source) = base_folder(&r, &folder, 11);
+
+    let mut trainer =
+        Trainer::new(r.clone(), options(Resume::Fresh, Some(&folder), None)).expect("trainer");
+    let fresh: Vec<(String, tch::Tensor)> = trainer
+        .model()
+        .adapter_parameters()
+        .iter()
+        .map(|(n, t)| (n.clone(), t.copy()))
+        .collect();
+    let summary = trainer.train().expect("train");
+    assert!(
+        summary.last_loss < summary.first_loss,
+        "loss {:?} -> {:?}",
+        summary.first_loss,
+        summary.last_loss
+    );
+    for ((name, ours), (_, file)) in trainer
+        .model()
+        .named_parameters()
+        .iter()
+        .zip(source.named_parameters())
+    {
+        assert!(ours.equal(&file), "base tensor {name} changed");
+    }
+    // 3 layers x 4 linears + the embedding, each A and B.
+    assert_eq!(fresh.len(), 26);
+    for ((name, now), (_, before)) in trainer.model().adapter_parameters().iter().zip(&fresh) {
+        assert!(!now.equal(before), "adapter {name} did not train");
+    }
+
+    let checkpoint = dir.path().join("lora/checkpoints/step-00000012");
+    let tensors = corenet_train::checkpoint::contents::read_tensors(&checkpoint).expect("read");
+    assert_eq!(tensors.model.len(), 26);
+    assert!(tensors.model.iter().all(|(n, _)| n.contains("lora_")));
+    assert!(tensors.optimizer.iter().all(|(n, _)| n.contains("lora_")));
+    let record = AdapterRecord::read(&checkpoint)
+        .expect("read")
+        .expect(ADAPTERS_FILE);
+    assert_eq!(record.base.as_deref(), Some(folder.as_path()));
+    assert_eq!(record.peft.rank, 4);
+    assert_eq!(
+        record.base_fingerprint,
+        source.base_fingerprint().expect("fp")
+    );
+
+    // The checkpoint opens (for eval, generate, export) as base + adapters, unmerged, with
+    // the trainer's forward.
+    let (_vs, opened) =
+        corenet_model::pretrained::open(&checkpoint, Device::Cpu).expect("open the checkpoint");
+    let ids = tch::Tensor::from_slice(&[1i64, 5, 9, 40, 2, 7]).view([1, 6]);
+    let a = tch::no_grad(|| trainer.model().forward(&ids).expect("forward"));
+    let b = tch::no_grad(|| opened.forward(&ids).expect("forward"));
+    assert!(a.equal(&b), "the opened checkpoint computes other logits");
+
+    // Merging folds the adapters in: the plain model's forward equals the adapted one.
+    let (_vs, mut merged) =
+        corenet_model::pretrained::open(&checkpoint, Device::Cpu).expect("open");
+    merged.merge_adapters().expect("merge");
+    assert!(!merged.has_adapters());
+    let c = tch::no_grad(|| merged.forward(&ids).expect("forward"));
+    let diff = (&a - &c).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "merged forward differs by {diff}");
+}
+
+#[test]
+fn a_stopped_and_resumed_peft_run_equals_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let sets = ["peft.method=dora", "trainer.activation_checkpointing=true"];
+    let folder = dir.path().join("base");
+    base_folder(&recipe(&base, dir.path(), "x", &sets), &folder, 12);
+
+    let r = recipe(&base, dir.path(), "whole", &sets);
+    let mut whole = Trainer::new(r, options(Resume::Fresh, Some(&folder), None)).expect("trainer");
+    whole.train().expect("train");
+
+    let r = recipe(&base, dir.path(), "parts", &sets);
+    let mut first =
+        Trainer::new(r.clone(), options(Resume::Fresh, Some(&folder), Some(6))).expect("trainer");
+    first.train().expect("first part");
+    drop(first);
+    // The base comes back from the folder the checkpoint records (no --init-from here).
+    let mut second = Trainer::new(r, options(Resume::Auto, None, None)).expect("resume");
+    assert_eq!(second.state().step, 6);
+    second.train().expect("second part");
+
+    for ((name, a), (_, b)) in whole
+        .model()
+        .adapter_parameters()
+        .iter()
+        .zip(second.model().adapter_parameters())
+    {
+        assert!(a.equal(&b), "{name} differs after resume");
+    }
+}
+
+#[test]
+fn a_checkpoint_resumed_on_another_base_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let r = recipe(&base, dir.path(), "run", &[]);
+    let folder = dir.path().join("base");
+    base_folder(&r, &folder, 13);
+    let mut t = Trainer::new(r.clone(), options(Resume::Fresh, Some(&folder), Some(4))).expect("t");
+    t.train().expect("train");
+    drop(t);
+    let other = dir.path().join("other");
+    base_folder(&r, &other, 14);
+    let err = error_of(Trainer::new(r, options(Resume::Auto, Some(&other), None)));
+    assert!(err.contains("another base model"), "{err}");
+    assert!(err.contains(ADAPTERS_FILE), "{err}");
+}
+
+#[test]
+fn bad_adapter_settings_are_refused_before_any_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let mut tree = base.clone();
+    tree["run"]["dir"] = json!(dir.path().join("bad"));
+    for (sets, expected) in [
+        (vec!["peft.rank=0"], "peft.rank"),
+        (
+            vec!["peft.targets=[nothing_like_this]"],
+            "matches no module",
+        ),
+        (vec!["peft.targets=[\"qkv_proj(\"]"], "peft.targets[0]"),
+        (vec!["peft.rank=64"], "larger than"),
+        (vec!["peft.dropout=1.0"], "peft.dropout"),
+    ] {
+        let all: Vec<&str> = PEFT.iter().copied().chain(sets.iter().copied()).collect();
+        let mut t = tree.clone();
+        let mut err = None;
+        for s in &all {
+            corenet_train::recipe::overrides::Override::parse(s)
+                .expect("override")
+                .apply(&mut t)
+                .expect("apply");
+        }
+        match Recipe::from_value(t) {
+            Err(e) => err = Some(e.to_string()),
+            Ok(r) => {
+                if let Err(e) = Trainer::new(r, options(Resume::Fresh, None, None)) {
+                    err = Some(e.to_string());
+                }
+            }
+        }
+        let err = err.unwrap_or_else(|| panic!("{sets:?} was accepted"));
+        assert!(err.contains(expected), "{sets:?}: {err}");
+    }
+    assert!(
+        !dir.path()
+            .join("bad/checkpoints")
+            .join("step-00000001")
+            .exists(),
+        "a step ran"
+    );
+}
+
+/// CommonSense-170k-style records (instruction, input, output, answer) through the `alpaca`
+/// template; a malformed record is skipped, counted and named by file and line.
+#[test]
+fn commonsense_records_train_through_the_alpaca_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let path = dir.path().join("commonsense.jsonl");
+    let mut f = std::fs::File::create(&path).expect("create");
+    for i in 0..40 {
+        let answer = if i % 2 == 0 { "true" } else { "false" };
+        let record = json!({
+            "instruction": format!("Is the king {i} in the castle? Answer true or false."),
+            "input": "",
+            "output": format!("the correct answer is {answer}"),
+            "answer": answer,
+        });
+        writeln!(f, "{record}").expect("write");
+        if i == 1 {
+            writeln!(f, "{{\"instruction\": \"no output\"}}").expect("write");
+        }
+    }
+    drop(f);
+    let source = format!(
+        "data.sources=[{{name: commonsense, paths: [{}], template: alpaca}}]",
+        path.display()
+    );
+    // One example per sequence, as CoreNet's commonsense_170k: 4 steps of 8 read 32 of the 41.
+    let sets = [
+        source.as_str(),
+        "trainer.steps=4",
+        "data.mode=corenet",
+        "data.corenet.min_tokens=2",
+        "data.corenet.min_characters=1",
+        "data.corenet.fix_text=false",
+    ];
+    let r = recipe(&base, dir.path(), "cs", &sets);
+    let mut t = Trainer::new(r, options(Resume::Fresh, None, None)).expect("trainer");
+    let summary = t.train().expect("train");
+    assert!(summary.last_loss.is_some_and(f64::is_finite));
+    let stats = t.state().data.stats();
+    let bad: u64 = stats.iter().map(|s| s.bad_records).sum();
+    assert_eq!(bad, 1, "{stats:?}");
+}
