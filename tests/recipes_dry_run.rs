@@ -20,7 +20,11 @@ const SAMPLE_GROUPS: [(&str, &str); 6] = [
 ];
 
 fn recipes() -> Vec<PathBuf> {
-    let mut all: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("recipes"))
+    recipes_in("recipes")
+}
+
+fn recipes_in(folder: &str) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(workspace_root().join(folder))
         .expect("recipes/")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
@@ -229,4 +233,58 @@ fn dry_run_loads_a_sentencepiece_model_and_checks_it_against_the_vocabulary() {
         "{stderr}"
     );
     assert!(!run_dir.exists());
+}
+
+/// The PEFT recipes (recipes/peft) on CommonSense-style records through their `alpaca` template,
+/// the adapters shrunk with the model.
+#[test]
+fn every_peft_recipe_passes_a_dry_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let records = dir.path().join("commonsense.jsonl");
+    let lines: Vec<String> = (0..64)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("Does the queen {i} rise by night? Answer true or false."),
+                "input": "",
+                "output": "the correct answer is true",
+                "answer": "true",
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&records, lines.join("\n")).expect("records");
+    let recipes = recipes_in("recipes/peft");
+    assert_eq!(recipes.len(), 8, "{recipes:?}");
+    for recipe in &recipes {
+        let run_dir = dir
+            .path()
+            .join("runs")
+            .join(recipe.file_stem().expect("stem"));
+        let mut sets: Vec<String> = shrink(recipe, dir.path(), &run_dir)
+            .into_iter()
+            .filter(|s| !s.starts_with("data.sources.0."))
+            .collect();
+        sets.push(format!("data.sources.0.paths=[{}]", records.display()));
+        sets.push("peft.rank=8".into());
+        let out = dry_run(recipe, dir.path(), &sets, &["--world-size", "2"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}\n{stdout}",
+            recipe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let loss = loss(&stdout);
+        assert!(
+            loss.is_finite() && loss > 1.0 && loss < 20.0,
+            "{}: loss {loss}",
+            recipe.display()
+        );
+        assert!(
+            !run_dir.exists(),
+            "{}: dry run wrote into the run directory",
+            recipe.display()
+        );
+    }
 }

@@ -269,3 +269,36 @@ fn killed_run_resumes_to_bit_identical_weights_and_losses() {
         }
     }
 }
+
+/// A PEFT run (LoRA with dropout on a seeded, frozen base) killed with SIGKILL between
+/// checkpoints resumes to bit-identical adapters.
+#[test]
+fn killed_peft_run_resumes_to_bit_identical_adapters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let common = [
+        "trainer.steps=16",
+        "checkpoint.interval=6",
+        "peft.rank=4",
+        "peft.dropout=0.1",
+        "schedule.max_lr=0.01",
+        "schedule.warmup_iterations=4",
+    ];
+    train(dir.path(), "runs/straight", &common);
+    let mut child = train_command(dir.path(), "runs/killed", &common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for_step(&mut child, &dir.path().join("runs/killed/metrics.jsonl"), 8);
+    child.kill().expect("SIGKILL"); // between the checkpoints at 6 and 12
+    child.wait().expect("reap");
+    let resumed = train(dir.path(), "runs/killed", &common);
+    assert!(resumed.contains("steps 6..16"), "{resumed}");
+    let a = std::fs::read(newest_model(&dir.path().join("runs/straight"))).expect("straight");
+    let b = std::fs::read(newest_model(&dir.path().join("runs/killed"))).expect("resumed");
+    assert!(a == b, "final adapters differ");
+    let names = corenet_model::load_tensors(&newest_model(&dir.path().join("runs/killed")))
+        .expect("adapters");
+    assert!(!names.is_empty() && names.iter().all(|(n, _)| n.contains("lora_")));
+}

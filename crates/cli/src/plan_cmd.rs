@@ -74,6 +74,16 @@ fn table(p: &Plan, name: &str) -> String {
             thousands(p.non_embedding_params)
         ),
     );
+    if p.memory.trainable_params != p.params {
+        line(
+            "trainable",
+            format!(
+                "{} adapter parameters ({:.2}% of the base; the base is frozen)",
+                thousands(p.memory.trainable_params),
+                100.0 * p.memory.trainable_params as f64 / p.params as f64
+            ),
+        );
+    }
     line(
         "batch",
         format!(

@@ -88,9 +88,7 @@ pub fn open_adapted(
         None => {
             return Err(Error::Checkpoint {
                 dir: dir.to_path_buf(),
-                reason: format!(
-                    "a PEFT checkpoint whose base was a seeded initialisation, not a folder: name the base weights (--base)"
-                ),
+                reason: "a PEFT checkpoint whose base was a seeded initialisation, not a folder: name the base weights (--base)".into(),
             })
         }
     }

@@ -262,3 +262,42 @@ fn commonsense_records_train_through_the_alpaca_template() {
     let bad: u64 = stats.iter().map(|s| s.bad_records).sum();
     assert_eq!(bad, 1, "{stats:?}");
 }
+
+/// `corenet plan` counts the adapters a run attaches, exactly, and gives them alone gradients,
+/// masters and moments.
+#[test]
+fn the_plan_counts_the_adapters_the_run_attaches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    for method in ["lora", "dora"] {
+        let set = format!("peft.method={method}");
+        let r = recipe(
+            &base,
+            dir.path(),
+            method,
+            &[&set, "peft.targets=[qkv_proj, proj_2, token_embeddings]"],
+        );
+        let trainer = Trainer::new(r.clone(), options(Resume::Fresh, None, None)).expect("t");
+        let attached: i64 = trainer
+            .model()
+            .adapter_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        let plan = corenet_train::recipe::plan::memory_plan(&r, 1, 80 << 30).expect("plan");
+        assert_eq!(plan.trainable_params as i64, attached, "{method}");
+        assert_eq!(plan.gradients, 4 * plan.trainable_params);
+        assert_eq!(plan.optimizer_moments, 8 * plan.trainable_params);
+        let full = corenet_train::recipe::plan::memory_plan(
+            &{
+                let mut r = r.clone();
+                r.peft = None;
+                r
+            },
+            1,
+            80 << 30,
+        )
+        .expect("plan");
+        assert!(plan.total < full.total);
+    }
+}
