@@ -213,7 +213,13 @@ impl OpenElm {
     }
 
     pub fn has_adapters(&self) -> bool {
-        !self.adapter_parameters().is_empty()
+        self.embedding_adapter.is_some()
+            || self.layers.iter().any(|l| {
+                l.attn.qkv_adapter.is_some()
+                    || l.attn.out_adapter.is_some()
+                    || l.ffn.proj_1_adapter.is_some()
+                    || l.ffn.proj_2_adapter.is_some()
+            })
     }
 
     /// Every adapter tensor by name (see the module docs), in module order.
