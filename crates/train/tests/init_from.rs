@@ -30,9 +30,13 @@ fn options(resume: Resume, init_from: &Path, stop_at: Option<u64>) -> TrainOptio
 
 /// An HF folder with 300 embedding rows (the tokenizer's) of a model shaped like the recipe's.
 fn hf_folder(recipe: &Recipe, dir: &Path) -> (nn::VarStore, OpenElm) {
-    tch::manual_seed(99);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = OpenElm::new(&vs.root(), &recipe.model).expect("model");
+    // Under the trainer's generator lock: a trainer in another test thread draws its seeded
+    // weights and adapters without these draws in between.
+    let (vs, model) = corenet_train::step::generator::seeded(99, || {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = OpenElm::new(&vs.root(), &recipe.model).expect("model");
+        (vs, model)
+    });
     export_hf(&model, dir, Some(300)).expect("export");
     (vs, model)
 }

@@ -40,9 +40,13 @@ fn options(resume: Resume, init_from: Option<&Path>, stop_at: Option<u64>) -> Tr
 
 /// The base: an HF folder of a model shaped like the recipe's.
 fn base_folder(recipe: &Recipe, dir: &Path, seed: i64) -> (nn::VarStore, OpenElm) {
-    tch::manual_seed(seed);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = OpenElm::new(&vs.root(), &recipe.model).expect("model");
+    // Under the trainer's generator lock: a trainer in another test thread draws its seeded
+    // weights and adapters without these draws in between.
+    let (vs, model) = corenet_train::step::generator::seeded(seed, || {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = OpenElm::new(&vs.root(), &recipe.model).expect("model");
+        (vs, model)
+    });
     export_hf(&model, dir, None).expect("export");
     (vs, model)
 }

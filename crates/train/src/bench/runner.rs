@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::log::{mfu, peak_bf16_flops};
 use crate::optim::Optimizer;
 use crate::recipe::Precision;
+use crate::step::generator;
 use crate::step::train_step::{
     optimizer_step, values, NoPhases, Phases, StepInput, StepParts, StepSettings,
 };
@@ -33,7 +34,9 @@ struct SyntheticTokens {
 
 impl SyntheticTokens {
     fn next(&self) -> (Tensor, Tensor) {
-        let host = Tensor::randint(self.vocab, self.shape, (Kind::Int64, Device::Cpu));
+        let host = generator::drawing(|| {
+            Tensor::randint(self.vocab, self.shape, (Kind::Int64, Device::Cpu))
+        });
         let rows = if self.pinned {
             host.pin_memory(self.device)
                 .to_device_(self.device, Kind::Int64, true, false)
@@ -146,9 +149,10 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
         tch::set_num_threads(threads as i32);
     }
     let device = config.device.resolve("device")?;
-    tch::manual_seed(config.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let model = OpenElm::new(&vs.root(), &config.model)?;
+    let (mut vs, model) = generator::seeded(config.seed as i64, || {
+        let vs = nn::VarStore::new(device);
+        OpenElm::new(&vs.root(), &config.model).map(|model| (vs, model))
+    })?;
     if config.precision == Precision::Bf16 {
         vs.bfloat16();
     }

@@ -1,17 +1,13 @@
 //! Activation checkpointing gives the same loss and gradients as the plain backward.
 
-use std::sync::Mutex;
-
 use super::{forward_backward, forward_backward_staged, LossSpec, Stage};
+use crate::step::generator;
 use corenet_model::{OpenElm, OpenElmConfig};
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny() -> OpenElmConfig {
     OpenElmConfig::miniature(50, 3, 32, 8)
 }
-
-/// libtorch's generator is process-wide and tests run in parallel threads.
-static INIT: Mutex<()> = Mutex::new(());
 
 const SPEC: LossSpec = LossSpec {
     ignore_index: 49,
@@ -20,11 +16,11 @@ const SPEC: LossSpec = LossSpec {
 };
 
 fn model() -> (nn::VarStore, OpenElm) {
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = OpenElm::new(&vs.root(), &tiny()).expect("model");
-    (vs, model)
+    generator::seeded(0, || {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = OpenElm::new(&vs.root(), &tiny()).expect("model");
+        (vs, model)
+    })
 }
 
 fn grads(checkpoint: bool, tokens: &Tensor) -> (f64, Vec<(String, Tensor)>) {
@@ -60,9 +56,9 @@ fn assert_close(grads_a: &[(String, Tensor)], grads_b: &[(String, Tensor)]) {
 }
 
 fn tokens() -> Tensor {
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(1);
-    Tensor::randint(50, [2, 17], (Kind::Int64, Device::Cpu))
+    generator::seeded(1, || {
+        Tensor::randint(50, [2, 17], (Kind::Int64, Device::Cpu))
+    })
 }
 
 #[test]

@@ -69,8 +69,12 @@ mod tests {
 
     #[test]
     fn zero_coefficient_gives_plain_ce() {
-        let logits = Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu));
-        let targets = Tensor::randint(5, [2, 4], (Kind::Int64, Device::Cpu));
+        let (logits, targets) = crate::step::generator::drawing(|| {
+            (
+                Tensor::randn([2, 4, 5], (Kind::Float, Device::Cpu)),
+                Tensor::randint(5, [2, 4], (Kind::Int64, Device::Cpu)),
+            )
+        });
         let terms = lm_loss(&logits, &targets, -100, 0.0);
         assert_eq!(terms.z_loss.double_value(&[]), 0.0);
         let ce = logits

@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tch::{nn, Device, Tensor};
@@ -43,6 +43,7 @@ use crate::optim::{Optimizer, Schedule};
 use crate::recipe::{Precision, Recipe};
 use crate::step::batches::Batches;
 use crate::step::forward_backward::{parameter_stages, Stage};
+use crate::step::generator;
 use crate::step::train_step::{
     dropout_seed, optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
 };
@@ -736,10 +737,6 @@ fn lock_run_dirs(recipe: &Recipe) -> Result<Vec<RunLock>> {
     Ok(locks)
 }
 
-/// libtorch's default generator is process-wide: seeding and drawing the initial weights must
-/// not interleave with another trainer's (tests run several in parallel threads).
-static INIT_LOCK: Mutex<()> = Mutex::new(());
-
 /// A full run's start from `--init-from` (a fresh run only: a resumed one has its weights).
 fn load_init(model: &OpenElm, init: Option<&Path>, resume_dir: Option<&Path>) -> Result<()> {
     match (init, resume_dir) {
@@ -788,13 +785,10 @@ fn attach_peft<'a>(
     }
     // Recorded absolute: evaluation and export open the checkpoint from anywhere.
     let base = base.map(|b| std::fs::canonicalize(&b).unwrap_or(b));
-    let guard = INIT_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Its own stream: the adapters do not depend on whether the base was drawn or loaded.
-    tch::manual_seed(recipe.trainer.seed.wrapping_add(1) as i64);
-    model.attach_adapters(&vs.root(), peft)?;
-    drop(guard);
+    generator::seeded(recipe.trainer.seed.wrapping_add(1) as i64, || {
+        model.attach_adapters(&vs.root(), peft)
+    })?;
     if recipe.trainer.precision == Precision::Bf16 {
         vs.bfloat16();
     }
@@ -845,13 +839,10 @@ fn adapter_record(
 }
 
 fn build_model(recipe: &Recipe, device: Device) -> Result<(nn::VarStore, OpenElm)> {
-    let guard = INIT_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tch::manual_seed(recipe.trainer.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let model = OpenElm::new(&vs.root(), &recipe.model)?;
-    drop(guard);
+    let (mut vs, model) = generator::seeded(recipe.trainer.seed as i64, || {
+        let vs = nn::VarStore::new(device);
+        OpenElm::new(&vs.root(), &recipe.model).map(|model| (vs, model))
+    })?;
     if recipe.trainer.precision == Precision::Bf16 {
         vs.bfloat16();
     }
