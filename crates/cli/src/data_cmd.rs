@@ -262,8 +262,12 @@ fn peek(args: &PeekArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for row in &rows {
+        let prompt = match row.prompt_ids {
+            0 => String::new(),
+            n => format!(" · {n} prompt ids, not targets"),
+        };
         println!(
-            "=== batch {} row {} · source {} · {} ids",
+            "=== batch {} row {} · source {} · {} ids{prompt}",
             row.batch,
             row.row,
             row.source,

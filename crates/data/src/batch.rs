@@ -6,6 +6,9 @@ use crate::state::StreamState;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub tokens: Vec<u32>,
+    /// Per id of `tokens`: true for a prompt token of a `loss_on: response` source, which is
+    /// an input but never a target. Empty when the batch holds none.
+    pub prompt: Vec<bool>,
     pub micro_batch: usize,
     pub seq_len: usize,
     /// Source index of each row.
@@ -29,9 +32,21 @@ impl Batch {
         self.shifted(0)
     }
 
-    /// Targets as i64, shape `[micro_batch, seq_len]`: each row without its first id.
-    pub fn targets_i64(&self) -> Vec<i64> {
-        self.shifted(1)
+    /// Targets as i64, shape `[micro_batch, seq_len]`: each row without its first id, prompt
+    /// tokens replaced by `ignore` (the loss's ignore index).
+    pub fn targets_i64(&self, ignore: i64) -> Vec<i64> {
+        let mut targets = self.shifted(1);
+        if self.prompt.is_empty() {
+            return targets;
+        }
+        let w = self.seq_len + 1;
+        let hidden = self.prompt.chunks(w).flat_map(|r| &r[1..]);
+        for (t, &h) in targets.iter_mut().zip(hidden) {
+            if h {
+                *t = ignore;
+            }
+        }
+        targets
     }
 
     fn shifted(&self, skip: usize) -> Vec<i64> {

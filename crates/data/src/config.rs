@@ -20,6 +20,24 @@ pub enum Mode {
     Corenet,
 }
 
+/// Which tokens of a record the loss is taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// Every token (pre-training, and CoreNet's `commonsense_170k` fine-tuning).
+    #[default]
+    All,
+    /// Only the response a template renders: the prompt's tokens are inputs but never
+    /// targets (LLM-Adapters' `train_on_inputs=False`). Needs a `template`.
+    Response,
+}
+
+impl LossOn {
+    fn is_all(&self) -> bool {
+        *self == LossOn::All
+    }
+}
+
 /// One data source (a family of shards sharing a layout), with its mixing weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -37,6 +55,10 @@ pub struct SourceConfig {
     /// of the resolved recipe when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
+    /// `response`: leave the template's prompt out of the loss. Left out of the resolved
+    /// recipe when `all`.
+    #[serde(skip_serializing_if = "LossOn::is_all")]
+    pub loss_on: LossOn,
     /// Relative sampling weight (rows drawn from this source ∝ weight).
     pub weight: f64,
     /// Fraction of this source's documents never trained on, chosen by a hash of each
@@ -52,6 +74,7 @@ impl Default for SourceConfig {
             format: None,
             text_key: "text".into(),
             template: None,
+            loss_on: LossOn::All,
             weight: 1.0,
             hold_back: 0.0,
         }
@@ -181,6 +204,11 @@ impl SourceConfig {
         }
         if self.template.is_some() && self.format == Some(Format::Parquet) {
             return bad("a template renders JSON records; this source is parquet".into());
+        }
+        if self.loss_on == LossOn::Response && self.template.is_none() {
+            return bad(
+                "loss_on: response needs a template to say where the response starts".into(),
+            );
         }
         if !(self.weight.is_finite() && self.weight > 0.0) {
             return bad(format!("weight must be positive, got {}", self.weight));

@@ -49,6 +49,8 @@ pub struct PeekRow {
     pub row: usize,
     pub source: String,
     pub tokens: Vec<u32>,
+    /// Leading ids of the row's records that are prompt, never targets (`loss_on: response`).
+    pub prompt_ids: usize,
     pub text: String,
 }
 
@@ -62,6 +64,11 @@ pub fn peek(config: &DataConfig, batches: usize) -> Result<Vec<PeekRow>> {
         let batch = batch?;
         for r in 0..batch.micro_batch {
             let tokens = batch.row(r).to_vec();
+            let w = batch.seq_len + 1;
+            let prompt_ids = batch
+                .prompt
+                .get(r * w..(r + 1) * w)
+                .map_or(0, |bits| bits.iter().filter(|&&b| b).count());
             let real: Vec<u32> = tokens.iter().copied().filter(|&t| t != pad).collect();
             let source = batch
                 .state
@@ -75,6 +82,7 @@ pub fn peek(config: &DataConfig, batches: usize) -> Result<Vec<PeekRow>> {
                 source,
                 text: tokenizer.decode(&real)?,
                 tokens,
+                prompt_ids,
             });
         }
     }

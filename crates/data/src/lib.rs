@@ -35,7 +35,7 @@ pub mod tokenizer_train;
 mod worker;
 
 pub use batch::Batch;
-pub use config::{CorenetConfig, DataConfig, Mode, SourceConfig};
+pub use config::{CorenetConfig, DataConfig, LossOn, Mode, SourceConfig};
 pub use error::{Error, Result};
 pub use format::Format;
 pub use hold_back::{for_each_document, DocumentFilter, HoldBack};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::SourceConfig;
+use crate::config::{LossOn, SourceConfig};
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::template::Template;
@@ -20,6 +20,7 @@ pub struct Source {
     pub name: String,
     pub text_key: String,
     pub template: Option<Template>,
+    pub loss_on: LossOn,
     pub weight: f64,
     /// Fraction of documents held back for validation.
     pub hold_back: f64,
@@ -74,6 +75,7 @@ impl Source {
             name: cfg.name.clone(),
             text_key: cfg.text_key.clone(),
             template: cfg.template,
+            loss_on: cfg.loss_on,
             weight: cfg.weight,
             hold_back: cfg.hold_back,
             files,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Mode;
+use crate::config::{LossOn, Mode};
 use crate::error::{Error, Result};
 use crate::hold_back::HoldBack;
 use crate::piece::{corenet_next_start, corenet_piece_end, normalized_len, packed_piece_end};
@@ -17,6 +17,9 @@ use crate::text_fix::fix_text;
 /// The document being consumed.
 struct OpenDoc {
     text: String,
+    /// Leading bytes of `text` left out of the loss (0 unless the source has
+    /// `loss_on: response`).
+    prompt_bytes: usize,
     end: Position,
     piece: Option<Piece>,
 }
@@ -29,6 +32,8 @@ struct Piece {
     /// Python's `split(" ")` gives a last empty word there.
     last: bool,
     tokens: Vec<u32>,
+    /// Leading tokens that belong to the prompt and are never targets.
+    masked: usize,
 }
 
 /// Row producer for one (source, worker).
@@ -64,12 +69,13 @@ impl SourceStream {
         }
     }
 
-    /// Appends one row of `seq_len + 1` ids to `out`.
-    pub fn next_row(&mut self, out: &mut Vec<u32>) -> Result<()> {
+    /// Appends one row of `seq_len + 1` ids to `out`, and to `prompt` whether each id is a
+    /// prompt token (never a target).
+    pub fn next_row(&mut self, out: &mut Vec<u32>, prompt: &mut Vec<bool>) -> Result<()> {
         let need = self.pipe.row_len();
         match self.pipe.config.mode {
-            Mode::Packed => self.packed_row(out, need)?,
-            Mode::Corenet => self.corenet_row(out, need)?,
+            Mode::Packed => self.packed_row(out, prompt, need)?,
+            Mode::Corenet => self.corenet_row(out, prompt, need)?,
         }
         self.stats.rows += 1;
         self.settle();
@@ -77,14 +83,22 @@ impl SourceStream {
     }
 
     /// Fills a row from consecutive pieces; the rest of the last piece waits for the next row.
-    fn packed_row(&mut self, out: &mut Vec<u32>, need: usize) -> Result<()> {
+    fn packed_row(
+        &mut self,
+        out: &mut Vec<u32>,
+        prompt: &mut Vec<bool>,
+        need: usize,
+    ) -> Result<()> {
         let mut got = 0;
         while got < need {
             self.advance()?;
             let off = self.state.token_offset as usize;
-            let tokens = self.current_tokens();
+            let (tokens, masked) = self.current_tokens();
             let take = (need - got).min(tokens.len() - off);
             out.extend_from_slice(&tokens[off..off + take]);
+            let hidden = masked.clamp(off, off + take) - off;
+            prompt.extend((0..take).map(|k| k < hidden));
+            self.stats.prompt_tokens += hidden as u64;
             self.state.token_offset += take as u64;
             got += take;
         }
@@ -93,13 +107,21 @@ impl SourceStream {
     }
 
     /// One piece per row: truncated, or right-padded with the pad id (CoreNet).
-    fn corenet_row(&mut self, out: &mut Vec<u32>, need: usize) -> Result<()> {
+    fn corenet_row(
+        &mut self,
+        out: &mut Vec<u32>,
+        prompt: &mut Vec<bool>,
+        need: usize,
+    ) -> Result<()> {
         let pad = self.pipe.tokenizer.pad_id();
         self.advance()?;
-        let tokens = self.current_tokens();
+        let (tokens, masked) = self.current_tokens();
         let (len, n) = (tokens.len(), tokens.len().min(need));
         out.extend_from_slice(&tokens[..n]);
         out.resize(out.len() + need - n, pad);
+        let hidden = masked.min(n);
+        prompt.extend((0..need).map(|k| k < hidden));
+        self.stats.prompt_tokens += hidden as u64;
         self.state.token_offset = len as u64;
         self.stats.tokens += n as u64;
         self.stats.pad_tokens += (need - n) as u64;
@@ -124,12 +146,13 @@ impl SourceStream {
         Ok(())
     }
 
-    /// Tokens of the loaded piece (empty when none is loaded).
-    fn current_tokens(&self) -> &[u32] {
+    /// Tokens of the loaded piece and how many of them lead as prompt (empty when none is
+    /// loaded).
+    fn current_tokens(&self) -> (&[u32], usize) {
         self.doc
             .as_ref()
             .and_then(|d| d.piece.as_ref())
-            .map_or(&[], |p| p.tokens.as_slice())
+            .map_or((&[], 0), |p| (p.tokens.as_slice(), p.masked))
     }
 
     /// Book-keeping without reading: closes an exhausted piece and a finished document, so a
@@ -161,6 +184,7 @@ impl SourceStream {
             return Err(Error::Config("internal: no document".into()));
         };
         let (text, start) = (doc.text.as_str(), self.state.piece_start as usize);
+        let prompt_bytes = doc.prompt_bytes;
         let start = start.min(text.len());
         let tok = &self.pipe.tokenizer;
         let cfg = &self.pipe.config;
@@ -175,9 +199,12 @@ impl SourceStream {
                 if end == text.len() {
                     tokens.push(tok.eos_id());
                 }
+                let piece = (text, start, end);
+                let masked = self.prompt_tokens(piece, prompt_bytes, start == 0, str::to_string)?;
                 Piece {
                     next_start: end,
                     last: end == text.len(),
+                    masked: masked.min(tokens.len()),
                     tokens,
                 }
             }
@@ -187,22 +214,26 @@ impl SourceStream {
                 let raw = &text[start..end];
                 let min_chars = cfg.corenet.min_characters;
                 let mut tokens = Vec::new();
+                let fix = |t: &str| match cfg.corenet.fix_text {
+                    true => fix_text(t),
+                    false => t.to_string(),
+                };
+                let mut masked = 0;
                 if normalized_len(raw, min_chars) >= min_chars {
-                    let clean = if cfg.corenet.fix_text {
-                        fix_text(raw)
-                    } else {
-                        raw.to_string()
-                    };
+                    let clean = fix(raw);
                     tokens.push(tok.bos_id());
                     tokens.extend(tok.encode(&clean)?);
                     tokens.push(tok.eos_id());
                     if tokens.len() < cfg.corenet.min_tokens {
                         tokens.clear();
                     }
+                    // Every CoreNet piece begins with BOS.
+                    masked = self.prompt_tokens((text, start, end), prompt_bytes, true, fix)?;
                 }
                 Piece {
                     next_start,
                     last: end == text.len(),
+                    masked: masked.min(tokens.len()),
                     tokens,
                 }
             }
@@ -213,6 +244,24 @@ impl SourceStream {
             self.state.progressed = true;
         }
         Ok(piece)
+    }
+
+    /// How many leading tokens of the piece `text[start..end]` are prompt, BOS included: the
+    /// prompt part of the piece tokenized on its own, as LLM-Adapters counts
+    /// `len(tokenize(user_prompt))` for `train_on_inputs=False`. 0 when the piece holds no
+    /// prompt.
+    fn prompt_tokens(
+        &self,
+        (text, start, end): (&str, usize, usize),
+        prompt_bytes: usize,
+        bos: bool,
+        prepare: impl Fn(&str) -> String,
+    ) -> Result<usize> {
+        if start >= prompt_bytes {
+            return Ok(0);
+        }
+        let prefix = prepare(&text[start..prompt_bytes.min(end)]);
+        Ok(usize::from(bos) + self.pipe.tokenizer.encode(&prefix)?.len())
     }
 
     /// Reads records until the next usable document, crossing files and epochs.
@@ -243,7 +292,9 @@ impl SourceStream {
                         continue;
                     }
                     self.state.record = Some(rec.start);
+                    let masks = self.pipe.sources[self.index].loss_on == LossOn::Response;
                     self.doc = Some(OpenDoc {
+                        prompt_bytes: if masks { rec.prompt_bytes } else { 0 },
                         text: rec.text,
                         end: rec.end,
                         piece: None,

@@ -15,6 +15,8 @@ pub struct SourceStats {
     pub tokens: u64,
     /// Pad tokens emitted (corenet mode).
     pub pad_tokens: u64,
+    /// Emitted tokens that are never targets: the prompts of `loss_on: response` sources.
+    pub prompt_tokens: u64,
     /// Pieces dropped by the corenet filters, plus empty documents in packed mode.
     pub dropped_pieces: u64,
     /// Records skipped as unusable.
@@ -44,6 +46,7 @@ impl SourceStats {
         self.rows += o.rows;
         self.tokens += o.tokens;
         self.pad_tokens += o.pad_tokens;
+        self.prompt_tokens += o.prompt_tokens;
         self.dropped_pieces += o.dropped_pieces;
         self.bad_records += o.bad_records;
         self.bad_files += o.bad_files;

@@ -136,6 +136,7 @@ impl DataStream {
         self.state.next_worker = (w + 1) % self.workers.len();
         Ok(Batch {
             tokens: wb.tokens,
+            prompt: wb.prompt,
             micro_batch: self.micro_batch,
             seq_len: self.seq_len,
             row_sources: wb.row_sources,

@@ -21,12 +21,16 @@ struct AlpacaRecord {
 }
 
 impl Template {
-    /// The training text of one JSON record; the error says which field is missing or wrong.
-    pub fn render(self, line: &[u8]) -> std::result::Result<String, String> {
+    /// The training text of one JSON record and the length in bytes of its prompt (the text
+    /// before the response, which `loss_on: response` leaves out of the loss); the error says
+    /// which field is missing or wrong.
+    pub fn render(self, line: &[u8]) -> std::result::Result<(String, usize), String> {
         match self {
             Template::Alpaca => {
                 let r: AlpacaRecord = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-                Ok(alpaca_prompt(&r.instruction, &r.input) + &r.output)
+                let prompt = alpaca_prompt(&r.instruction, &r.input);
+                let prompt_bytes = prompt.len();
+                Ok((prompt + &r.output, prompt_bytes))
             }
         }
     }
@@ -52,15 +56,17 @@ mod tests {
     #[test]
     fn renders_a_commonsense_record_with_and_without_input() {
         let line = br#"{"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"}"#;
-        let text = Template::Alpaca.render(line).expect("render");
+        let (text, prompt) = Template::Alpaca.render(line).expect("render");
         assert!(text.starts_with("Below is an instruction that describes a task. Write"));
         assert!(text.ends_with(
             "### Instruction:\nIs the sky blue?\n\n### Response:\nthe correct answer is true"
         ));
+        assert_eq!(&text[prompt..], "the correct answer is true");
         let line = br#"{"instruction": "Pick one.", "input": "a or b", "output": "a"}"#;
-        let text = Template::Alpaca.render(line).expect("render");
+        let (text, prompt) = Template::Alpaca.render(line).expect("render");
         assert!(text.contains("paired with an input"));
         assert!(text.ends_with("### Input:\na or b\n\n### Response:\na"));
+        assert_eq!(&text[prompt..], "a");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::stats::SourceStats;
 /// A batch as a worker hands it over.
 pub struct WorkerBatch {
     pub tokens: Vec<u32>,
+    /// Per id of `tokens`: a prompt token, never a target. Empty when there is none.
+    pub prompt: Vec<bool>,
     pub row_sources: Vec<usize>,
     pub state: WorkerState,
 }
@@ -66,15 +68,20 @@ impl Worker {
     pub fn next_batch(&mut self) -> Result<WorkerBatch> {
         let rows = self.pipe.config.micro_batch;
         let mut tokens = Vec::with_capacity(rows * self.pipe.row_len());
+        let mut prompt = Vec::with_capacity(rows * self.pipe.row_len());
         let mut row_sources = Vec::with_capacity(rows);
         for _ in 0..rows {
             let s = self.mixer.pick(&mut self.rng);
-            self.sources[s].next_row(&mut tokens)?;
+            self.sources[s].next_row(&mut tokens, &mut prompt)?;
             row_sources.push(s);
+        }
+        if !prompt.contains(&true) {
+            prompt.clear();
         }
         self.batches += 1;
         Ok(WorkerBatch {
             tokens,
+            prompt,
             row_sources,
             state: self.state(),
         })

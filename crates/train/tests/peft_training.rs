@@ -305,3 +305,90 @@ fn the_plan_counts_the_adapters_the_run_attaches() {
         assert!(plan.total < full.total);
     }
 }
+
+/// `loss_on: response`: the first step's loss is the cross-entropy of the model it starts from
+/// over the response tokens alone (BOS and the prompt are inputs, never targets), and differs
+/// from the loss over every token.
+#[test]
+fn a_response_only_step_takes_the_loss_on_the_response_tokens_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let path = dir.path().join("cs.jsonl");
+    let mut f = std::fs::File::create(&path).expect("create");
+    for i in 0..8 {
+        let answer = ["true", "false"][i % 2];
+        let record = json!({
+            "instruction": format!("Is the king {i} in the castle?"),
+            "output": format!("the correct answer is {answer}"),
+        });
+        writeln!(f, "{record}").expect("write");
+    }
+    drop(f);
+    let first_loss = |loss_on: &str| {
+        let source = format!(
+            "data.sources=[{{name: cs, paths: [{}], template: alpaca, loss_on: {loss_on}}}]",
+            path.display()
+        );
+        let sets = [
+            source.as_str(),
+            "data.mode=corenet",
+            "data.seq_len=256",
+            "data.workers=1",
+            "data.corenet.min_tokens=2",
+            "data.corenet.min_characters=1",
+            "data.corenet.fix_text=false",
+            "model.max_context_length=256",
+            "trainer.steps=1",
+            "schedule.warmup_iterations=0",
+            "trainer.global_batch=4",
+            "trainer.z_loss=0",
+        ];
+        let r = run_recipe::in_run_dir(&base, dir.path(), loss_on, &sets);
+        let mut t = Trainer::new(r.clone(), options(Resume::Fresh, None, None)).expect("trainer");
+        let mut stream =
+            corenet_data::DataStream::open(&r.data, 0, 1, None).expect("the trainer's stream");
+        let batch = stream.next().expect("a batch").expect("batch");
+        let shape = [batch.micro_batch as i64, batch.seq_len as i64];
+        let inputs = tch::Tensor::from_slice(&batch.inputs_i64()).view(shape);
+        let tokenizer = corenet_data::load_tokenizer(&r.data.tokenizer).expect("tokenizer");
+        let pad = i64::from(tokenizer.pad_id());
+        let targets = batch.targets_i64(pad);
+        let logits = tch::no_grad(|| t.model().forward(&inputs).expect("forward")); // (B, T, V)
+        let v = logits.size()[2];
+        let logp = logits.view([-1, v]).log_softmax(-1, tch::Kind::Float);
+        let (mut sum, mut n) = (0.0, 0usize);
+        for (i, &target) in targets.iter().enumerate() {
+            if target != pad {
+                sum -= logp.double_value(&[i as i64, target]);
+                n += 1;
+            }
+        }
+        // The rows are the first four records: their responses and EOS.
+        let responses: usize = (0..4)
+            .map(|i| {
+                let output = format!("the correct answer is {}", ["true", "false"][i % 2]);
+                tokenizer.encode(&output).expect("encode").len() + 1
+            })
+            .sum();
+        let summary = t.train().expect("train");
+        (
+            summary.first_loss.expect("a loss"),
+            sum / n as f64,
+            n,
+            responses,
+        )
+    };
+    let (response, expected, n, responses) = first_loss("response");
+    assert!(
+        (response - expected).abs() < 1e-4,
+        "{response} vs {expected}"
+    );
+    assert_eq!(n, responses, "the targets are the responses and EOS");
+    let (all, expected_all, n_all, _) = first_loss("all");
+    assert!((all - expected_all).abs() < 1e-4, "{all} vs {expected_all}");
+    assert!(
+        n_all > 4 * n,
+        "{n_all} targets over whole records, {n} over responses"
+    );
+    assert!((all - response).abs() > 1e-3);
+}

@@ -165,10 +165,15 @@ impl RecordReader for LineReader {
             }
             let text = match self.template {
                 Some(template) => template.render(&self.buf),
-                None => extract_text(&self.buf, &self.text_key),
+                None => extract_text(&self.buf, &self.text_key).map(|text| (text, 0)),
             };
             return Ok(Some(match text {
-                Ok(text) => ReadItem::Doc(Record { start, end, text }),
+                Ok((text, prompt_bytes)) => ReadItem::Doc(Record {
+                    start,
+                    end,
+                    text,
+                    prompt_bytes,
+                }),
                 Err(msg) => ReadItem::Bad(bad_record(&self.path, start, msg)),
             }));
         }

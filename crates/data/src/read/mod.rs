@@ -72,6 +72,8 @@ pub struct Record {
     /// Where the next record starts.
     pub end: Position,
     pub text: String,
+    /// Leading bytes of `text` that a template rendered as the prompt (0 for plain text).
+    pub prompt_bytes: usize,
 }
 
 /// What a reader produces next.

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use corenet_data::sample::{write_jsonl, write_parquet, LineCompression};
+use corenet_data::template::{alpaca_prompt, Template};
 use corenet_data::{
-    train_tokenizer_from_texts, DataConfig, DataStream, HfTokenizer, SourceConfig, TextTokenizer,
-    DEFAULT_SPECIAL_TOKENS,
+    train_tokenizer_from_texts, DataConfig, DataStream, HfTokenizer, LossOn, SourceConfig,
+    TextTokenizer, DEFAULT_SPECIAL_TOKENS,
 };
 use serde_json::json;
 
@@ -108,10 +109,52 @@ pub fn write_source(
         format: None,
         text_key: text_key.into(),
         template: None,
+        loss_on: LossOn::All,
         weight: 1.0,
         hold_back: 0.0,
     };
     (cfg, all)
+}
+
+/// Writes `n` Alpaca-layout records (CommonSense-170k's fields, some with an `input`) to
+/// `dir/name/name.jsonl`; returns a `loss_on: response` source and each record's (prompt,
+/// response) as the template renders them.
+pub fn write_alpaca_source(
+    dir: &Path,
+    name: &str,
+    n: usize,
+) -> (SourceConfig, Vec<(String, String)>) {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let mut records = Vec::new();
+    let mut parts = Vec::new();
+    for i in 0..n {
+        let instruction = doc_text(&format!("ask{i}"), 6 + i % 9);
+        let input = match i % 3 {
+            0 => doc_text(&format!("ctx{i}"), 4),
+            _ => String::new(),
+        };
+        let answer = WORDS[i % WORDS.len()];
+        let output = format!("the correct answer is {answer}");
+        parts.push((alpaca_prompt(&instruction, &input), output.clone()));
+        records.push(
+            json!({"instruction": instruction, "input": input, "output": output, "answer": answer}),
+        );
+    }
+    write_jsonl(
+        &sub.join(format!("{name}.jsonl")),
+        &records,
+        LineCompression::None,
+    )
+    .expect("jsonl");
+    let cfg = SourceConfig {
+        name: name.into(),
+        paths: vec![sub.join("*.jsonl").to_string_lossy().into_owned()],
+        template: Some(Template::Alpaca),
+        loss_on: LossOn::Response,
+        ..Default::default()
+    };
+    (cfg, parts)
 }
 
 /// A packed-mode config over `sources`.

@@ -8,5 +8,6 @@ mod coverage;
 mod data_files;
 mod formats;
 mod mixing;
+mod prompt_mask;
 mod resume;
 mod tools;

@@ -2,7 +2,7 @@
 
 use corenet_data::{Batch, DataConfig, DataStream, Mode, StreamState};
 
-use crate::common::{config, tokenizer, write_source, Kind};
+use crate::common::{config, tokenizer, write_alpaca_source, write_source, Kind};
 
 fn run(cfg: &DataConfig, rank: usize, resume: Option<StreamState>, n: usize) -> Vec<Batch> {
     let stream = DataStream::with_tokenizer(cfg, tokenizer(), rank, 2, resume).expect("stream");
@@ -19,6 +19,7 @@ fn check_resume(cfg: &DataConfig, total: usize, cuts: &[usize]) {
             let rest = run(cfg, rank, Some(state), total - k);
             for (i, (a, b)) in full[k..].iter().zip(&rest).enumerate() {
                 assert_eq!(a.tokens, b.tokens, "rank {rank} cut {k} batch {}", k + i);
+                assert_eq!(a.prompt, b.prompt, "rank {rank} cut {k} batch {}", k + i);
                 assert_eq!(a.row_sources, b.row_sources);
                 assert_eq!(a.state, b.state);
             }
@@ -54,6 +55,23 @@ fn corenet_resume_two_ranks_two_workers() {
     cfg.corenet.min_characters = 40;
     cfg.corenet.min_tokens = 8;
     check_resume(&cfg, 30, &[1, 4, 15, 29]);
+}
+
+#[test]
+fn prompt_masks_resume_inside_prompts_and_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sources = vec![write_alpaca_source(dir.path(), "cs", 14).0];
+    sources.push(write_source(dir.path(), "web", Kind::Jsonl, 2, 5, 40).0);
+    let mut cfg = config(sources, 24, 3, 2);
+    // Pieces of 64 bytes cut the prompts, so a saved position often lies inside one.
+    cfg.max_piece_bytes = 64;
+    check_resume(&cfg, 30, &[1, 3, 8, 19]);
+    cfg.mode = Mode::Corenet;
+    cfg.seq_len = 40;
+    cfg.corenet.document_split_size = 9;
+    cfg.corenet.min_characters = 10;
+    cfg.corenet.min_tokens = 4;
+    check_resume(&cfg, 24, &[2, 5, 13]);
 }
 
 #[test]

@@ -15,16 +15,19 @@ use crate::error::{Error, Result};
 pub struct Batches {
     stream: DataStream,
     device: Device,
+    /// The loss's ignore index, written over targets that are prompt tokens.
+    ignore_index: i64,
     /// Position after the last batch taken, until the trainer collects it.
     position: Option<StreamState>,
     waited: Duration,
 }
 
 impl Batches {
-    pub fn new(stream: DataStream, device: Device) -> Self {
+    pub fn new(stream: DataStream, device: Device, ignore_index: i64) -> Self {
         Batches {
             stream,
             device,
+            ignore_index,
             position: None,
             waited: Duration::ZERO,
         }
@@ -70,6 +73,9 @@ impl Batches {
                 false,
             )?)
         };
-        Ok((upload(batch.inputs_i64())?, upload(batch.targets_i64())?))
+        Ok((
+            upload(batch.inputs_i64())?,
+            upload(batch.targets_i64(self.ignore_index))?,
+        ))
     }
 }

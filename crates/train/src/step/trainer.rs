@@ -368,7 +368,7 @@ impl Trainer {
                 .unwrap_or_else(|| device.is_cuda()),
             stages: parameter_stages(&model),
             last_saved: resume_dir.as_ref().map(|_| state.step),
-            batches: Batches::new(data, device),
+            batches: Batches::new(data, device, settings.ignore_index),
             recipe,
             options,
             _vs: vs,
