@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{bail, ensure, Context, Result};
-use corenet_e2e::{corenet_bin, reference_python_with as python_with, workspace_root};
+use corenet_e2e::{corenet_bin, corenet_ok, reference_python_with as python_with, workspace_root};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
@@ -90,20 +90,6 @@ logging: { interval: 10, tensorboard: false, progress: false }
         dir,
         _tmp: tmp,
     })
-}
-
-/// Runs corenet in `dir` and returns its stdout; a failure is an error with its stderr.
-fn corenet_ok(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(corenet_bin())
-        .current_dir(dir)
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "corenet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Runs corenet in `dir` expecting failure; returns its stderr.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use corenet_e2e::{corenet_bin, reference_python_with, workspace_root};
+use corenet_e2e::{corenet_ok, reference_python_with, workspace_root};
 use serde_json::json;
 use tch::{Device, Tensor};
 
@@ -19,19 +19,6 @@ const TEXT: &str = "the king speaks of love and war in a castle by night while t
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn corenet_ok(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(corenet_bin())
-        .current_dir(dir)
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "corenet {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Shards, a tokenizer, a recipe, and a base trained for a few steps and exported as HF.

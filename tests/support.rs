@@ -31,6 +31,20 @@ pub fn corenet(args: &[&str]) -> Output {
         .expect("run corenet")
 }
 
+/// Runs corenet in `dir` and returns its stdout; a failure is an error with its stderr.
+pub fn corenet_ok(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(corenet_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "corenet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// The workspace root (recipes/, .cache/ live here).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

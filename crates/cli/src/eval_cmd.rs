@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use corenet_data::TextTokenizer;
 use corenet_eval::{
-    check_tokenizer, evaluate, load_docs, perplexity, ModelScorer, PerplexityOptions, Task,
+    check_tokenizer, commonsense, evaluate, load_docs, perplexity, ModelScorer, PerplexityOptions,
+    Task,
 };
 use corenet_model::OpenElm;
 
@@ -19,6 +20,10 @@ pub enum EvalCommand {
     /// Zero-shot multiple choice (arc_easy, arc_challenge, boolq, hellaswag, piqa, sciq,
     /// winogrande): acc and acc_norm as lm-evaluation-harness computes them.
     Tasks(TasksArgs),
+    /// LLM-Adapters' commonsense reasoning (boolq, piqa, social_i_qa, hellaswag, winogrande,
+    /// ARC-Easy, ARC-Challenge, openbookqa) on Alpaca-prompted test sets: accuracy of generated
+    /// or most likely answers, for fine-tuned (PEFT or merged) models.
+    Commonsense(CommonsenseArgs),
 }
 
 /// The model and tokenizer every evaluation needs.
@@ -79,10 +84,43 @@ pub struct TasksArgs {
     no_bos: bool,
 }
 
+#[derive(Args)]
+pub struct CommonsenseArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// NAME=PATH of a task's test set, e.g. `--task boolq=dataset/boolq/test.json` (a JSON
+    /// array as LLM-Adapters ships it, or JSON lines; repeatable).
+    #[arg(long = "task", value_name = "NAME=PATH", required = true)]
+    tasks: Vec<String>,
+    /// `generate`: greedy decoding, the first label in the text (LLM-Adapters, which decodes
+    /// with 4 beams); `loglikelihood`: the most likely `the correct answer is <label>`.
+    #[arg(long, value_enum, default_value = "generate")]
+    mode: CommonsenseMode,
+    /// Tokens generated per item (generate mode).
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Score only the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Base weights for a PEFT checkpoint whose record names a base that moved.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Also print every item's answer, prediction and generated text (with --json).
+    #[arg(long)]
+    items: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CommonsenseMode {
+    Generate,
+    Loglikelihood,
+}
+
 pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     match command {
         EvalCommand::Perplexity(args) => run_perplexity(&args),
         EvalCommand::Tasks(args) => run_tasks(&args),
+        EvalCommand::Commonsense(args) => run_commonsense(&args),
     }
 }
 
@@ -93,9 +131,23 @@ fn load(
     OpenElm,
     std::sync::Arc<dyn TextTokenizer>,
 )> {
-    let (vs, model) =
-        corenet_model::pretrained::open(&args.model, tch::Device::cuda_if_available())
-            .with_context(|| format!("loading {}", args.model.display()))?;
+    load_with_base(args, None)
+}
+
+fn load_with_base(
+    args: &ModelArgs,
+    base: Option<&Path>,
+) -> anyhow::Result<(
+    tch::nn::VarStore,
+    OpenElm,
+    std::sync::Arc<dyn TextTokenizer>,
+)> {
+    let (vs, model) = corenet_model::pretrained::open_with_base(
+        &args.model,
+        base,
+        tch::Device::cuda_if_available(),
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let path = args.tokenizer.as_deref().unwrap_or(&args.model);
     let tokenizer = crate::generate_cmd::folder_tokenizer(path)?;
     check_tokenizer(tokenizer.as_ref(), model.config())
@@ -187,6 +239,74 @@ fn run_tasks(args: &TasksArgs) -> anyhow::Result<()> {
             r.n,
             pct(Some(r.acc), Some(r.acc_stderr)),
             pct(r.acc_norm, r.acc_norm_stderr)
+        );
+    }
+    Ok(())
+}
+
+fn run_commonsense(args: &CommonsenseArgs) -> anyhow::Result<()> {
+    let tasks = args
+        .tasks
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, path)) => Ok((name, Path::new(path))),
+            None => bail!("--task {spec}: expected NAME=PATH"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (_vs, model, tokenizer) = load_with_base(&args.model, args.base.as_deref())?;
+    let mut scorer = ModelScorer {
+        model: &model,
+        tokenizer: tokenizer.as_ref(),
+        batch_size: args.model.batch_size,
+        max_length: model.config().max_context_length,
+        add_bos: true,
+    };
+    let mut reports = Vec::new();
+    for (name, path) in tasks {
+        let mut items = commonsense::load_items(path)?;
+        if let Some(limit) = args.limit {
+            items.truncate(limit);
+        }
+        let task = commonsense::TaskFile { name, path };
+        let mut report = match args.mode {
+            CommonsenseMode::Generate => commonsense::evaluate_generate(
+                &model,
+                tokenizer.as_ref(),
+                &task,
+                &items,
+                args.max_new_tokens,
+            )?,
+            CommonsenseMode::Loglikelihood => {
+                commonsense::evaluate_loglikelihood(&mut scorer, &task, &items)?
+            }
+        };
+        tracing::info!(
+            task = name,
+            n = report.n,
+            accuracy = report.accuracy,
+            "task scored"
+        );
+        if !args.items {
+            report.items.clear();
+        }
+        reports.push(report);
+    }
+    if args.model.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:>6} {:>8} {:>12} {:>12}",
+        "task", "n", "correct", "unanswered", "accuracy (%)"
+    );
+    for r in &reports {
+        println!(
+            "{:<14} {:>6} {:>8} {:>12} {:>12.2}",
+            r.task,
+            r.n,
+            r.correct,
+            r.unanswered,
+            100.0 * r.accuracy
         );
     }
     Ok(())

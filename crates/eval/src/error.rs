@@ -26,6 +26,14 @@ pub enum Error {
         message: String,
     },
 
+    /// An item of a JSON-array task file is malformed (`index` counts from 0, as the array).
+    #[error("{path} item {index}: {message}")]
+    EvalItem {
+        path: PathBuf,
+        index: usize,
+        message: String,
+    },
+
     /// A task file holds no items (blank lines only, or nothing).
     #[error("{path}: the task file has no items to score")]
     EmptyTask { path: PathBuf },

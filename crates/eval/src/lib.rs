@@ -3,11 +3,13 @@
 //! multiple choice scored as EleutherAI's lm-evaluation-harness does ([`task`] reads the public
 //! jsonl layouts and builds the harness's prompts, [`request`] tokenizes context/continuation
 //! pairs, [`scoring`] computes log-likelihoods in padded batches, [`accuracy`] aggregates acc and
-//! acc_norm).
+//! acc_norm), and LLM-Adapters' commonsense reasoning for fine-tuned models ([`commonsense`]:
+//! generated or log-likelihood answers to Alpaca-prompted test sets).
 
 #![forbid(unsafe_code)]
 
 pub mod accuracy;
+pub mod commonsense;
 pub mod error;
 pub mod perplexity;
 pub mod request;
