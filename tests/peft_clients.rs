@@ -4,7 +4,8 @@
 //! `PeftModel.from_pretrained` and give corenet's logits (within 1e-5, f32) and adapter
 //! gradients (within 1e-5 relative); the `--merge-adapters` export opened in transformers gives
 //! the same logits; PEFT's own initialisation on that base (DoRA magnitudes, B = 0, the bound
-//! of A) is corenet's.
+//! of A) is corenet's; adapter and base exported with `--vocab-size` load together and give
+//! corenet's logits over the kept rows.
 
 use std::io::Write;
 use std::path::Path;
@@ -251,6 +252,77 @@ fn check_against_peft(python: &Path, dir: &Path, method: &str) -> Result<()> {
     Ok(())
 }
 
+/// `--vocab-size 300` on both exports (the tokenizer's 300 ids of the model's 320 rows): PEFT
+/// loads the trimmed adapter onto the trimmed base, and its logits are corenet's first 300.
+fn check_trimmed_vocabulary(python: &Path, dir: &Path) -> Result<()> {
+    let checkpoint = "lora_run/checkpoints/step-00000006";
+    for (args, out) in [
+        (vec!["--format", "peft"], "lora_adapter_300"),
+        (vec![], "base_hf_300"),
+    ] {
+        let from = if out == "base_hf_300" {
+            "base_run/checkpoints/step-00000006"
+        } else {
+            checkpoint
+        };
+        let mut all = vec![
+            "model",
+            "export",
+            "--checkpoint",
+            from,
+            "--vocab-size",
+            "300",
+        ];
+        all.extend(args);
+        all.extend(["--out", out]);
+        corenet_ok(dir, &all)?;
+    }
+    let (_vs, model) = corenet_model::pretrained::open(&dir.join(checkpoint), Device::Cpu)?;
+    let ids = Tensor::from_slice(&[1i64, 17, 42, 5, 99, 250, 3, 8, 64, 12, 7, 299]).view([2, 6]);
+    let ours = tch::no_grad(|| model.forward(&ids))?.narrow(2, 0, 300); // (B, T, 300)
+    let io = dir.join("trimmed_io.safetensors");
+    corenet_model::save_tensors(
+        &[
+            ("input_ids".into(), ids.shallow_clone()),
+            (
+                "targets".into(),
+                ids.roll([-1i64].as_slice(), [1i64].as_slice()),
+            ),
+        ],
+        &io,
+    )?;
+    let out = dir.join("trimmed_peft.safetensors");
+    let run = Command::new(python)
+        .current_dir(dir)
+        .arg(workspace_root().join("scripts/peft_reference.py"))
+        .args(["--base", "base_hf_300", "--adapter", "lora_adapter_300"])
+        .args(["--batch", s(&io), "--out", s(&out)])
+        .env("HF_HOME", dir.join("hf-home"))
+        .output()?;
+    ensure!(
+        run.status.success(),
+        "peft_reference.py on the trimmed exports: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let theirs = corenet_model::load_tensors(&out)?
+        .into_iter()
+        .find(|(name, _)| name == "logits")
+        .context("logits missing from peft's output")?
+        .1;
+    ensure!(
+        theirs.size() == ours.size(),
+        "peft's logits are {:?}",
+        theirs.size()
+    );
+    let diff = (&ours - &theirs).abs().max().double_value(&[]);
+    ensure!(
+        diff < 1e-5,
+        "trimmed exports: logits differ from peft's by {diff}"
+    );
+    eprintln!("lora, --vocab-size 300: max |logit diff| vs peft {diff:.3e}");
+    Ok(())
+}
+
 #[test]
 fn lora_and_dora_match_hf_peft() -> Result<()> {
     let Some(python) = reference_python_with("peft, transformers") else {
@@ -259,6 +331,7 @@ fn lora_and_dora_match_hf_peft() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     prepare(tmp.path())?;
     check_against_peft(&python, tmp.path(), "lora")?;
+    check_trimmed_vocabulary(&python, tmp.path())?;
     check_against_peft(&python, tmp.path(), "dora")?;
     Ok(())
 }

@@ -50,17 +50,7 @@ pub fn export(
     }
     fold_adapters(&mut model, options)?;
     let (config, tensors) = corenet_model::hf::hf_tensors(&model, options.vocab_size)?;
-    if shipped.vocab_size > config.vocab_size {
-        return Err(Error::option(
-            "vocab-size",
-            format!(
-                "{} rows cannot hold the ids of {} ({} ids)",
-                config.vocab_size,
-                shipped.source.display(),
-                shipped.vocab_size
-            ),
-        ));
-    }
+    check_rows_hold_tokenizer(config.vocab_size, &shipped)?;
     let step = source_step(checkpoint);
     let mut metadata = serde_json::Map::new();
     metadata.insert(
@@ -120,6 +110,21 @@ pub fn export(
     })
 }
 
+/// The exported vocabulary must hold every id of the shipped tokenizer.
+fn check_rows_hold_tokenizer(rows: usize, shipped: &ShippedTokenizer) -> Result<()> {
+    if shipped.vocab_size > rows {
+        return Err(Error::option(
+            "vocab-size",
+            format!(
+                "{rows} rows cannot hold the ids of {} ({} ids)",
+                shipped.source.display(),
+                shipped.vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `--format peft`: the adapters in HF PEFT's layout, written whole or not at all.
 fn adapters_only(
     checkpoint: &Path,
@@ -139,6 +144,17 @@ fn adapters_only(
         ),
     })?;
     let base = options.base.as_deref().or(record.base.as_deref());
+    let rows = options.vocab_size.unwrap_or(model.config().vocab_size);
+    if rows > model.config().vocab_size {
+        return Err(Error::option(
+            "vocab-size",
+            format!(
+                "{rows} is more than the model's {} rows",
+                model.config().vocab_size
+            ),
+        ));
+    }
+    check_rows_hold_tokenizer(rows, shipped)?;
     let staged = StagedFolder::create(out)?;
     write_peft_adapter(
         staged.path(),
@@ -146,6 +162,7 @@ fn adapters_only(
         &record.peft,
         base,
         options.float_type(),
+        rows,
     )?;
     let mut metadata = serde_json::Map::new();
     metadata.insert(
@@ -158,7 +175,7 @@ fn adapters_only(
     Ok(Some(ExportSummary {
         out: out.to_path_buf(),
         tokenizer: shipped.source.clone(),
-        vocab_size: model.config().vocab_size,
+        vocab_size: rows,
     }))
 }
 

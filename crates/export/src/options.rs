@@ -127,16 +127,11 @@ impl ExportOptions {
                 ));
             }
         }
-        if self.format == Format::Peft {
-            if self.merge_adapters {
-                return Err(Error::option(
-                    "merge-adapters",
-                    "--format peft writes the adapters unmerged",
-                ));
-            }
-            if self.vocab_size.is_some() {
-                return Err(only("vocab-size", "hf, mlx or gguf"));
-            }
+        if self.format == Format::Peft && self.merge_adapters {
+            return Err(Error::option(
+                "merge-adapters",
+                "--format peft writes the adapters unmerged",
+            ));
         }
         if self.vocab_size == Some(0) {
             return Err(Error::option("vocab-size", "must be at least 1"));

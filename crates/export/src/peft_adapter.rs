@@ -18,12 +18,15 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const PEFT_PREFIX: &str = "base_model.model.";
 
 /// Writes `model`'s adapters into `dir`; `base` is recorded as `base_model_name_or_path`.
+/// `rows` is the vocabulary of the base export they go onto (`--vocab-size`): the embedding's
+/// `lora_embedding_A` (r, V) keeps its first `rows` columns, as that base keeps its first rows.
 pub fn write_peft_adapter(
     dir: &Path,
     model: &OpenElm,
     peft: &PeftConfig,
     base: Option<&Path>,
     float: FloatType,
+    rows: usize,
 ) -> Result<()> {
     let tensors = model.adapter_parameters();
     if tensors.is_empty() {
@@ -35,7 +38,13 @@ pub fn write_peft_adapter(
     }
     let named: Vec<(String, tch::Tensor)> = tensors
         .into_iter()
-        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t.to_kind(float.kind())))
+        .map(|(name, t)| {
+            let t = match name.ends_with(".lora_embedding_A") {
+                true => t.narrow(1, 0, rows as i64), // (r, V) -> (r, rows)
+                false => t,
+            };
+            (format!("{PEFT_PREFIX}{name}"), t.to_kind(float.kind()))
+        })
         .collect();
     corenet_model::save_tensors(&named, &dir.join(ADAPTER_WEIGHTS_FILE))?;
     let config = adapter_config(peft, &model.adapted_modules(), base);

@@ -392,3 +392,56 @@ fn a_response_only_step_takes_the_loss_on_the_response_tokens_alone() {
     );
     assert!((all - response).abs() > 1e-3);
 }
+
+/// `checkpoint average` of PEFT checkpoints: the adapter tensors are the means of the inputs',
+/// the average keeps `adapters.json` and opens as base + averaged adapters; a full checkpoint
+/// is not averaged with a PEFT one.
+#[test]
+fn peft_checkpoints_average_their_adapters_and_keep_the_record() {
+    use corenet_train::checkpoint::average::average_checkpoints;
+    use corenet_train::checkpoint::store::CheckpointEntry;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let r = recipe(&base, dir.path(), "lora", &["trainer.steps=8"]);
+    let folder = dir.path().join("base");
+    base_folder(&r, &folder, 15);
+    let mut t = Trainer::new(r, options(Resume::Fresh, Some(&folder), None)).expect("trainer");
+    t.train().expect("train");
+    let entry = |run: &str, step: u64| CheckpointEntry {
+        step,
+        dir: dir.path().join(format!("{run}/checkpoints/step-{step:08}")),
+    };
+    let avg = dir.path().join("avg");
+    average_checkpoints(&[entry("lora", 8), entry("lora", 4)], &avg).expect("average");
+    assert_eq!(
+        AdapterRecord::read(&avg).expect("read"),
+        AdapterRecord::read(&entry("lora", 8).dir).expect("read")
+    );
+    let open = |dir: &Path| corenet_model::pretrained::open(dir, Device::Cpu).expect("open");
+    let ((_a, averaged), (_b, late), (_c, early)) = (
+        open(&avg),
+        open(&entry("lora", 8).dir),
+        open(&entry("lora", 4).dir),
+    );
+    assert!(averaged.has_adapters());
+    let pairs = late.adapter_parameters();
+    for ((name, got), ((_, x), (_, y))) in averaged
+        .adapter_parameters()
+        .iter()
+        .zip(pairs.iter().zip(early.adapter_parameters()))
+    {
+        let want = (x + y) / 2.0;
+        let diff = (got - &want).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{name} is not the mean ({diff})");
+    }
+
+    let full = run_recipe::in_run_dir(&base, dir.path(), "full", &["trainer.steps=4"]);
+    Trainer::new(full, options(Resume::Fresh, None, None))
+        .expect("trainer")
+        .train()
+        .expect("train");
+    let err = average_checkpoints(&[entry("lora", 4), entry("full", 4)], &dir.path().join("x"))
+        .expect_err("mixed")
+        .to_string();
+    assert!(err.contains(ADAPTERS_FILE) && err.contains("full"), "{err}");
+}

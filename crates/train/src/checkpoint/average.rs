@@ -2,14 +2,15 @@
 //! each tensor's dtype (as CoreNet's `average_ckpts`; Apple's released OpenELM weights are the
 //! average of the last 5 checkpoints). The result is a checkpoint folder of its own — weights,
 //! model config, tokenizer and manifest — that `generate`, `eval`, `model export` and
-//! `--init-from` accept like any other.
+//! `--init-from` accept like any other. PEFT checkpoints average their adapter tensors and keep
+//! their `adapters.json`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use corenet_data::tokenizer_in_folder;
 use corenet_model::manifest::Manifest;
-use corenet_model::StagedFolder;
+use corenet_model::{AdapterRecord, StagedFolder, ADAPTERS_FILE};
 use tch::{Kind, Tensor};
 
 use crate::checkpoint::contents::{MODEL_CONFIG_FILE, MODEL_FILE};
@@ -40,6 +41,7 @@ pub fn average_checkpoints(inputs: &[CheckpointEntry], out: &Path) -> Result<Man
             });
         }
     }
+    let adapters = same_adapters(inputs)?;
     let staged = StagedFolder::create(out)?;
     // A checkpoint written by several ranks holds its weights in one file per rank.
     let files = inputs
@@ -54,10 +56,43 @@ pub fn average_checkpoints(inputs: &[CheckpointEntry], out: &Path) -> Result<Man
         let to = staged.path().join(from.file_name().unwrap_or_default());
         std::fs::copy(&from, &to).map_err(|e| Error::io("copy", &from, e))?;
     }
+    if let Some(record) = adapters {
+        // The averaged adapters still sit on the inputs' base.
+        let target = staged.path().join(ADAPTERS_FILE);
+        std::fs::write(&target, record.to_json()).map_err(|e| Error::io("write", &target, e))?;
+    }
     let mut metadata = serde_json::Map::new();
     let steps: Vec<u64> = inputs.iter().map(|i| i.step).collect();
     metadata.insert("averaged_steps".into(), steps.into());
     Ok(staged.commit(newest.step, metadata)?)
+}
+
+/// The inputs' common `adapters.json` (None when none is a PEFT checkpoint). PEFT checkpoints
+/// average only with PEFT checkpoints of the same adapters on the same base: their model files
+/// hold the adapter tensors, which are averaged one by one like any weights.
+fn same_adapters(inputs: &[CheckpointEntry]) -> Result<Option<AdapterRecord>> {
+    let records = inputs
+        .iter()
+        .map(|i| Ok(AdapterRecord::read(&i.dir)?))
+        .collect::<Result<Vec<_>>>()?;
+    let newest = &records[0];
+    for (input, record) in inputs.iter().zip(&records).skip(1) {
+        let same = match (newest, record) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.peft == b.peft && a.base_fingerprint == b.base_fingerprint,
+            _ => false,
+        };
+        if !same {
+            return Err(Error::Checkpoint {
+                dir: input.dir.clone(),
+                reason: format!(
+                    "its {ADAPTERS_FILE} (adapters and base fingerprint) differs from {}'s, or only one of them has one: only checkpoints of the same adapters on the same base can be averaged",
+                    inputs[0].dir.display()
+                ),
+            });
+        }
+    }
+    Ok(newest.clone())
 }
 
 fn parse_json(path: &Path, bytes: &[u8]) -> Result<serde_json::Value> {
