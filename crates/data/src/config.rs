@@ -32,12 +32,6 @@ pub enum LossOn {
     Response,
 }
 
-impl LossOn {
-    fn is_all(&self) -> bool {
-        *self == LossOn::All
-    }
-}
-
 /// One data source (a family of shards sharing a layout), with its mixing weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,10 +49,11 @@ pub struct SourceConfig {
     /// of the resolved recipe when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
-    /// `response`: leave the template's prompt out of the loss. Left out of the resolved
-    /// recipe when `all`.
-    #[serde(skip_serializing_if = "LossOn::is_all")]
-    pub loss_on: LossOn,
+    /// `response`: leave the template's prompt out of the loss; `all`: train on every token.
+    /// Absent: `response` for `template: chat` (SFT on the assistant turns), `all` otherwise
+    /// (CoreNet's way). Left out of the resolved recipe when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_on: Option<LossOn>,
     /// Relative sampling weight (rows drawn from this source ∝ weight).
     pub weight: f64,
     /// Fraction of this source's documents never trained on, chosen by a hash of each
@@ -74,7 +69,7 @@ impl Default for SourceConfig {
             format: None,
             text_key: "text".into(),
             template: None,
-            loss_on: LossOn::All,
+            loss_on: None,
             weight: 1.0,
             hold_back: 0.0,
         }
@@ -190,6 +185,15 @@ impl DataConfig {
 }
 
 impl SourceConfig {
+    /// The loss coverage in effect (`loss_on`, or its default for the template).
+    pub fn loss_on(&self) -> LossOn {
+        match (self.loss_on, self.template) {
+            (Some(l), _) => l,
+            (None, Some(Template::Chat)) => LossOn::Response,
+            (None, _) => LossOn::All,
+        }
+    }
+
     /// Checks one source.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("source `{}`: {m}", self.name)));
@@ -205,7 +209,7 @@ impl SourceConfig {
         if self.template.is_some() && self.format == Some(Format::Parquet) {
             return bad("a template renders JSON records; this source is parquet".into());
         }
-        if self.loss_on == LossOn::Response && self.template.is_none() {
+        if self.loss_on() == LossOn::Response && self.template.is_none() {
             return bad(
                 "loss_on: response needs a template to say where the response starts".into(),
             );

@@ -16,7 +16,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{LossOn, SourceConfig};
+use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 
 /// How much to build.
@@ -204,7 +204,7 @@ pub fn write_samples(corpus: &Path, out_dir: &Path, opts: &SampleOptions) -> Res
             format: None,
             text_key: layout.text_key.into(),
             template: None,
-            loss_on: LossOn::All,
+            loss_on: None,
             weight: 1.0,
             hold_back: 0.0,
         });

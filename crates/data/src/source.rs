@@ -75,7 +75,7 @@ impl Source {
             name: cfg.name.clone(),
             text_key: cfg.text_key.clone(),
             template: cfg.template,
-            loss_on: cfg.loss_on,
+            loss_on: cfg.loss_on(),
             weight: cfg.weight,
             hold_back: cfg.hold_back,
             files,

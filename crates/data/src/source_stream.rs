@@ -1,6 +1,7 @@
 //! One worker's view of one source: files → records → pieces → tokens → rows, with a position
 //! that can be saved after any row and restored exactly.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::config::{LossOn, Mode};
@@ -17,9 +18,9 @@ use crate::text_fix::fix_text;
 /// The document being consumed.
 struct OpenDoc {
     text: String,
-    /// Leading bytes of `text` left out of the loss (0 unless the source has
+    /// Byte ranges of `text` left out of the loss (none unless the source has
     /// `loss_on: response`).
-    prompt_bytes: usize,
+    hidden: Vec<Range<usize>>,
     end: Position,
     piece: Option<Piece>,
 }
@@ -32,8 +33,8 @@ struct Piece {
     /// Python's `split(" ")` gives a last empty word there.
     last: bool,
     tokens: Vec<u32>,
-    /// Leading tokens that belong to the prompt and are never targets.
-    masked: usize,
+    /// Ranges of `tokens` that are prompt and never targets.
+    hidden: Vec<Range<usize>>,
 }
 
 /// Row producer for one (source, worker).
@@ -93,12 +94,11 @@ impl SourceStream {
         while got < need {
             self.advance()?;
             let off = self.state.token_offset as usize;
-            let (tokens, masked) = self.current_tokens();
+            let (tokens, hidden) = self.current_tokens();
             let take = (need - got).min(tokens.len() - off);
             out.extend_from_slice(&tokens[off..off + take]);
-            let hidden = masked.clamp(off, off + take) - off;
-            prompt.extend((0..take).map(|k| k < hidden));
-            self.stats.prompt_tokens += hidden as u64;
+            let n = push_hidden(prompt, hidden, off..off + take);
+            self.stats.prompt_tokens += n as u64;
             self.state.token_offset += take as u64;
             got += take;
         }
@@ -115,13 +115,13 @@ impl SourceStream {
     ) -> Result<()> {
         let pad = self.pipe.tokenizer.pad_id();
         self.advance()?;
-        let (tokens, masked) = self.current_tokens();
+        let (tokens, hidden) = self.current_tokens();
         let (len, n) = (tokens.len(), tokens.len().min(need));
         out.extend_from_slice(&tokens[..n]);
         out.resize(out.len() + need - n, pad);
-        let hidden = masked.min(n);
-        prompt.extend((0..need).map(|k| k < hidden));
-        self.stats.prompt_tokens += hidden as u64;
+        let hidden_n = push_hidden(prompt, hidden, 0..n);
+        prompt.resize(prompt.len() + need - n, false);
+        self.stats.prompt_tokens += hidden_n as u64;
         self.state.token_offset = len as u64;
         self.stats.tokens += n as u64;
         self.stats.pad_tokens += (need - n) as u64;
@@ -146,13 +146,12 @@ impl SourceStream {
         Ok(())
     }
 
-    /// Tokens of the loaded piece and how many of them lead as prompt (empty when none is
-    /// loaded).
-    fn current_tokens(&self) -> (&[u32], usize) {
+    /// Tokens of the loaded piece and its prompt ranges (empty when none is loaded).
+    fn current_tokens(&self) -> (&[u32], &[Range<usize>]) {
         self.doc
             .as_ref()
             .and_then(|d| d.piece.as_ref())
-            .map_or((&[], 0), |p| (p.tokens.as_slice(), p.masked))
+            .map_or((&[], &[]), |p| (p.tokens.as_slice(), p.hidden.as_slice()))
     }
 
     /// Book-keeping without reading: closes an exhausted piece and a finished document, so a
@@ -184,7 +183,7 @@ impl SourceStream {
             return Err(Error::Config("internal: no document".into()));
         };
         let (text, start) = (doc.text.as_str(), self.state.piece_start as usize);
-        let prompt_bytes = doc.prompt_bytes;
+        let hidden = &doc.hidden;
         let start = start.min(text.len());
         let tok = &self.pipe.tokenizer;
         let cfg = &self.pipe.config;
@@ -200,11 +199,11 @@ impl SourceStream {
                     tokens.push(tok.eos_id());
                 }
                 let piece = (text, start, end);
-                let masked = self.prompt_tokens(piece, prompt_bytes, start == 0, str::to_string)?;
+                let hidden = self.hidden_tokens(piece, hidden, start == 0, str::to_string)?;
                 Piece {
                     next_start: end,
                     last: end == text.len(),
-                    masked: masked.min(tokens.len()),
+                    hidden: clamp_ranges(hidden, tokens.len()),
                     tokens,
                 }
             }
@@ -218,7 +217,7 @@ impl SourceStream {
                     true => fix_text(t),
                     false => t.to_string(),
                 };
-                let mut masked = 0;
+                let mut hidden_tokens = Vec::new();
                 if normalized_len(raw, min_chars) >= min_chars {
                     let clean = fix(raw);
                     tokens.push(tok.bos_id());
@@ -228,12 +227,12 @@ impl SourceStream {
                         tokens.clear();
                     }
                     // Every CoreNet piece begins with BOS.
-                    masked = self.prompt_tokens((text, start, end), prompt_bytes, true, fix)?;
+                    hidden_tokens = self.hidden_tokens((text, start, end), hidden, true, fix)?;
                 }
                 Piece {
                     next_start,
                     last: end == text.len(),
-                    masked: masked.min(tokens.len()),
+                    hidden: clamp_ranges(hidden_tokens, tokens.len()),
                     tokens,
                 }
             }
@@ -246,22 +245,35 @@ impl SourceStream {
         Ok(piece)
     }
 
-    /// How many leading tokens of the piece `text[start..end]` are prompt, BOS included: the
-    /// prompt part of the piece tokenized on its own, as LLM-Adapters counts
-    /// `len(tokenize(user_prompt))` for `train_on_inputs=False`. 0 when the piece holds no
-    /// prompt.
-    fn prompt_tokens(
+    /// The token ranges of the piece `text[start..end]` (BOS first when `bos`) that the byte
+    /// ranges `hidden` cover. A range's ends are counted as the tokens of the piece's text
+    /// before them, tokenized on their own, as LLM-Adapters counts `len(tokenize(user_prompt))`
+    /// for `train_on_inputs=False`; BOS is hidden when the piece's first byte is.
+    fn hidden_tokens(
         &self,
         (text, start, end): (&str, usize, usize),
-        prompt_bytes: usize,
+        hidden: &[Range<usize>],
         bos: bool,
         prepare: impl Fn(&str) -> String,
-    ) -> Result<usize> {
-        if start >= prompt_bytes {
-            return Ok(0);
+    ) -> Result<Vec<Range<usize>>> {
+        let count = |to: usize| -> Result<usize> {
+            match to > start {
+                true => Ok(self
+                    .pipe
+                    .tokenizer
+                    .encode(&prepare(&text[start..to]))?
+                    .len()),
+                false => Ok(0),
+            }
+        };
+        let shift = usize::from(bos);
+        let mut out = Vec::new();
+        for r in hidden.iter().filter(|r| r.start < end && r.end > start) {
+            let (a, b) = (r.start.max(start), r.end.min(end));
+            let lo = if a == start { 0 } else { shift + count(a)? };
+            out.push(lo..shift + count(b)?);
         }
-        let prefix = prepare(&text[start..prompt_bytes.min(end)]);
-        Ok(usize::from(bos) + self.pipe.tokenizer.encode(&prefix)?.len())
+        Ok(out)
     }
 
     /// Reads records until the next usable document, crossing files and epochs.
@@ -294,7 +306,7 @@ impl SourceStream {
                     self.state.record = Some(rec.start);
                     let masks = self.pipe.sources[self.index].loss_on == LossOn::Response;
                     self.doc = Some(OpenDoc {
-                        prompt_bytes: if masks { rec.prompt_bytes } else { 0 },
+                        hidden: if masks { rec.hidden } else { Vec::new() },
                         text: rec.text,
                         end: rec.end,
                         piece: None,
@@ -401,6 +413,23 @@ impl SourceStream {
         self.plan = None;
         Ok(())
     }
+}
+
+/// Appends one flag per token of `window` (true inside a `hidden` range); returns how many
+/// are hidden.
+fn push_hidden(flags: &mut Vec<bool>, hidden: &[Range<usize>], window: Range<usize>) -> usize {
+    let before = flags.len();
+    flags.extend(window.map(|k| hidden.iter().any(|r| r.contains(&k))));
+    flags[before..].iter().filter(|&&h| h).count()
+}
+
+/// Ranges cut to a piece of `len` tokens, empty ones dropped.
+fn clamp_ranges(ranges: Vec<Range<usize>>, len: usize) -> Vec<Range<usize>> {
+    ranges
+        .into_iter()
+        .map(|r| r.start.min(len)..r.end.min(len))
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 fn self_plan(

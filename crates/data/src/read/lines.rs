@@ -165,14 +165,14 @@ impl RecordReader for LineReader {
             }
             let text = match self.template {
                 Some(template) => template.render(&self.buf),
-                None => extract_text(&self.buf, &self.text_key).map(|text| (text, 0)),
+                None => extract_text(&self.buf, &self.text_key).map(|text| (text, Vec::new())),
             };
             return Ok(Some(match text {
-                Ok((text, prompt_bytes)) => ReadItem::Doc(Record {
+                Ok((text, hidden)) => ReadItem::Doc(Record {
                     start,
                     end,
                     text,
-                    prompt_bytes,
+                    hidden,
                 }),
                 Err(msg) => ReadItem::Bad(bad_record(&self.path, start, msg)),
             }));

@@ -72,8 +72,9 @@ pub struct Record {
     /// Where the next record starts.
     pub end: Position,
     pub text: String,
-    /// Leading bytes of `text` that a template rendered as the prompt (0 for plain text).
-    pub prompt_bytes: usize,
+    /// Byte ranges of `text` that a template rendered as prompt, not response (none for plain
+    /// text).
+    pub hidden: Vec<std::ops::Range<usize>>,
 }
 
 /// What a reader produces next.

@@ -179,7 +179,7 @@ fn row_item(path: &std::path::Path, array: &ArrayRef, i: usize, group: u64, row:
         start,
         end,
         text: text.to_string(),
-        prompt_bytes: 0,
+        hidden: Vec::new(),
     })
 }
 

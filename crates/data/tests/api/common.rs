@@ -109,7 +109,7 @@ pub fn write_source(
         format: None,
         text_key: text_key.into(),
         template: None,
-        loss_on: LossOn::All,
+        loss_on: None,
         weight: 1.0,
         hold_back: 0.0,
     };
@@ -151,10 +151,52 @@ pub fn write_alpaca_source(
         name: name.into(),
         paths: vec![sub.join("*.jsonl").to_string_lossy().into_owned()],
         template: Some(Template::Alpaca),
-        loss_on: LossOn::Response,
+        loss_on: Some(LossOn::Response),
         ..Default::default()
     };
     (cfg, parts)
+}
+
+/// One conversation of [`write_chat_source`]: (role, content) per message.
+pub type Conversation = Vec<(&'static str, String)>;
+
+/// Writes `n` SFT conversations (`messages`, one to three exchanges, some with a system
+/// message) to `dir/name/name.jsonl`; returns a `template: chat` source (loss on the assistant
+/// turns by default) and the conversations.
+pub fn write_chat_source(dir: &Path, name: &str, n: usize) -> (SourceConfig, Vec<Conversation>) {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let mut records = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..n {
+        let mut conv: Conversation = Vec::new();
+        if i % 4 == 0 {
+            conv.push(("system", doc_text(&format!("sys{i}"), 3)));
+        }
+        for turn in 0..=(i % 3) {
+            conv.push(("user", doc_text(&format!("q{i}t{turn}"), 4 + i % 5)));
+            conv.push(("assistant", doc_text(&format!("a{i}t{turn}"), 3 + i % 4)));
+        }
+        let messages: Vec<_> = conv
+            .iter()
+            .map(|(role, content)| json!({"role": role, "content": content}))
+            .collect();
+        records.push(json!({ "messages": messages }));
+        all.push(conv);
+    }
+    write_jsonl(
+        &sub.join(format!("{name}.jsonl")),
+        &records,
+        LineCompression::None,
+    )
+    .expect("jsonl");
+    let cfg = SourceConfig {
+        name: name.into(),
+        paths: vec![sub.join("*.jsonl").to_string_lossy().into_owned()],
+        template: Some(Template::Chat),
+        ..Default::default()
+    };
+    (cfg, all)
 }
 
 /// A packed-mode config over `sources`.

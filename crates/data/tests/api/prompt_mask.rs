@@ -3,7 +3,9 @@
 
 use corenet_data::{Batch, DataStream, LossOn, Mode, TextTokenizer};
 
-use crate::common::{config, tokenizer, write_alpaca_source, write_source, Kind};
+use crate::common::{
+    config, tokenizer, write_alpaca_source, write_chat_source, write_source, Kind,
+};
 
 fn batches(cfg: &corenet_data::DataConfig, n: usize) -> Vec<Batch> {
     let stream = DataStream::with_tokenizer(cfg, tokenizer(), 0, 1, None).expect("stream");
@@ -100,7 +102,7 @@ fn the_whole_record_is_trained_on_by_default_and_plain_text_has_no_mask() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut source, _) = write_alpaca_source(dir.path(), "cs", 9);
     let masked = batches(&config(vec![source.clone()], 64, 3, 1), 4);
-    source.loss_on = LossOn::All;
+    source.loss_on = Some(LossOn::All);
     let plain = batches(&config(vec![source], 64, 3, 1), 4);
     for (a, b) in masked.iter().zip(&plain) {
         assert_eq!(a.tokens, b.tokens, "the mask changes no token");
@@ -118,10 +120,49 @@ fn the_whole_record_is_trained_on_by_default_and_plain_text_has_no_mask() {
 fn loss_on_response_without_a_template_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut source, _) = write_source(dir.path(), "web", Kind::Jsonl, 1, 5, 30);
-    source.loss_on = LossOn::Response;
+    source.loss_on = Some(LossOn::Response);
     let err = DataStream::with_tokenizer(&config(vec![source], 32, 2, 1), tokenizer(), 0, 1, None)
         .err()
         .expect("refused");
     let msg = err.to_string();
     assert!(msg.contains("web") && msg.contains("template"), "{msg}");
+}
+
+#[test]
+fn chat_rows_train_on_the_assistant_turns_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (source, conversations) = write_chat_source(dir.path(), "sft", 8);
+    let mut cfg = config(vec![source], 255, 2, 1);
+    cfg.mode = Mode::Corenet;
+    cfg.corenet.document_split_size = 4096;
+    cfg.corenet.min_characters = 1;
+    cfg.corenet.min_tokens = 1;
+    let tok = tokenizer();
+    let encode = |t: &str| tok.encode(t).expect("encode");
+    let got = batches(&cfg, 4);
+    let w = 256;
+    for (r, conv) in conversations.iter().enumerate() {
+        let b = &got[r / 2];
+        let (ids, hidden) = (b.row(r % 2), &b.prompt[(r % 2) * w..(r % 2 + 1) * w]);
+        let real = ids.iter().filter(|&&t| t != tok.pad_id()).count();
+        // Trained: each assistant content with its end-of-turn marker, and the row's EOS.
+        let trained: usize = conv
+            .iter()
+            .filter(|(role, _)| *role == "assistant")
+            .map(|(_, content)| encode(&format!("{content}</s>")).len())
+            .sum::<usize>()
+            + 1;
+        let shown = (0..real).filter(|&k| !hidden[k]).count();
+        assert_eq!(shown, trained, "conversation {r}");
+        assert!(hidden[0], "BOS and the first header are prompt");
+        // The row ends `…</s>` (shown), `\n` (prompt: the layout's separator), EOS (shown).
+        assert!(!hidden[real - 1] && hidden[real - 2] && !hidden[real - 3]);
+        let targets = b.targets_i64(-100);
+        let ignored = targets[(r % 2) * 255..(r % 2 + 1) * 255]
+            .iter()
+            .take(real - 1)
+            .filter(|&&t| t == -100)
+            .count();
+        assert_eq!(ignored, real - trained - 1, "conversation {r}");
+    }
 }

@@ -2,7 +2,9 @@
 
 use corenet_data::{Batch, DataConfig, DataStream, Mode, StreamState};
 
-use crate::common::{config, tokenizer, write_alpaca_source, write_source, Kind};
+use crate::common::{
+    config, tokenizer, write_alpaca_source, write_chat_source, write_source, Kind,
+};
 
 fn run(cfg: &DataConfig, rank: usize, resume: Option<StreamState>, n: usize) -> Vec<Batch> {
     let stream = DataStream::with_tokenizer(cfg, tokenizer(), rank, 2, resume).expect("stream");
@@ -61,6 +63,7 @@ fn corenet_resume_two_ranks_two_workers() {
 fn prompt_masks_resume_inside_prompts_and_pieces() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sources = vec![write_alpaca_source(dir.path(), "cs", 14).0];
+    sources.push(write_chat_source(dir.path(), "sft", 12).0);
     sources.push(write_source(dir.path(), "web", Kind::Jsonl, 2, 5, 40).0);
     let mut cfg = config(sources, 24, 3, 2);
     // Pieces of 64 bytes cut the prompts, so a saved position often lies inside one.
