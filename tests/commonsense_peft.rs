@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use corenet_e2e::corenet_ok;
+use corenet_e2e::{corenet_ok, tiny_model_yaml, tokenizer_from_corpus};
 use serde_json::{json, Value};
 
 /// Nouns whose answer is `true` (sweet) and `false` (not): the rule the adapters must learn.
@@ -101,35 +101,13 @@ fn prepare(dir: &Path) -> Result<()> {
         corpus.push('\n');
     }
     std::fs::write(dir.join("corpus.txt"), &corpus)?;
-    corenet_ok(
-        dir,
-        &[
-            "tokenizer",
-            "train",
-            "--files",
-            "corpus.txt",
-            "--vocab-size",
-            "1000",
-            "--out",
-            "tok/tokenizer.json",
-        ],
-    )?;
+    tokenizer_from_corpus(dir, 1000)?;
     std::fs::write(
         dir.join("recipe.yaml"),
-        r#"run: { name: t, dir: base_run }
-model:
-  vocab_size: 1024
-  max_context_length: 128
-  num_transformer_layers: 2
-  model_dim: 64
-  head_dim: 16
-  qkv_multipliers: [0.5, 1.0]
-  num_gqa_groups: 2
-  ffn_multipliers: [0.5, 2.0]
-  ffn_dim_divisor: 16
-  normalize_qk_projections: true
-  share_input_output_layers: true
-data:
+        [
+            "run: { name: t, dir: base_run }\n",
+            &tiny_model_yaml(1024, 128),
+            r#"data:
   tokenizer: tok/tokenizer.json
   seq_len: 128
   sources: [{ name: plain, paths: [plain.jsonl] }]
@@ -138,6 +116,8 @@ trainer: { global_batch: 8, micro_batch: 8, steps: 60, threads: 2 }
 checkpoint: { interval: 60, keep_last: 1 }
 logging: { interval: 1, tensorboard: false, progress: false }
 "#,
+        ]
+        .concat(),
     )?;
     corenet_ok(dir, &["train", "recipe.yaml"])?;
     corenet_ok(

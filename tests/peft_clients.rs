@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use corenet_e2e::{corenet_ok, reference_python_with, workspace_root};
+use corenet_e2e::{
+    corenet_ok, reference_python_with, tiny_model_yaml, tokenizer_from_corpus, workspace_root,
+};
 use serde_json::json;
 use tch::{Device, Tensor};
 
@@ -31,35 +33,13 @@ fn prepare(dir: &Path) -> Result<()> {
     }
     let corpus = format!("{TEXT} The queen sings of the sea and the lord falls.\n").repeat(40);
     std::fs::write(dir.join("corpus.txt"), corpus)?;
-    corenet_ok(
-        dir,
-        &[
-            "tokenizer",
-            "train",
-            "--files",
-            "corpus.txt",
-            "--vocab-size",
-            "300",
-            "--out",
-            "tok/tokenizer.json",
-        ],
-    )?;
+    tokenizer_from_corpus(dir, 300)?;
     std::fs::write(
         dir.join("recipe.yaml"),
-        r#"run: { name: t, dir: base_run }
-model:
-  vocab_size: 320
-  max_context_length: 64
-  num_transformer_layers: 2
-  model_dim: 64
-  head_dim: 16
-  qkv_multipliers: [0.5, 1.0]
-  num_gqa_groups: 2
-  ffn_multipliers: [0.5, 2.0]
-  ffn_dim_divisor: 16
-  normalize_qk_projections: true
-  share_input_output_layers: true
-data:
+        [
+            "run: { name: t, dir: base_run }\n",
+            &tiny_model_yaml(320, 64),
+            r#"data:
   tokenizer: tok/tokenizer.json
   seq_len: 32
   sources: [{ name: a, paths: [shard.jsonl] }]
@@ -68,6 +48,8 @@ trainer: { global_batch: 4, micro_batch: 2, steps: 6, threads: 2 }
 checkpoint: { interval: 6, keep_last: 1 }
 logging: { interval: 3, tensorboard: false, progress: false }
 "#,
+        ]
+        .concat(),
     )?;
     corenet_ok(dir, &["train", "recipe.yaml"])?;
     corenet_ok(

@@ -45,6 +45,42 @@ pub fn corenet_ok(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Trains a BPE tokenizer with `corenet tokenizer train` on `corpus.txt` in `dir`, written to
+/// `dir/tok/tokenizer.json`.
+pub fn tokenizer_from_corpus(dir: &std::path::Path, vocab: usize) -> anyhow::Result<()> {
+    let vocab = vocab.to_string();
+    let args = [
+        "tokenizer",
+        "train",
+        "--files",
+        "corpus.txt",
+        "--vocab-size",
+        &vocab,
+    ];
+    corenet_ok(dir, &[&args[..], &["--out", "tok/tokenizer.json"]].concat())?;
+    Ok(())
+}
+
+/// The `model:` section of the tiny 2-layer, 64-wide OpenELM the CLI tests train, for
+/// `vocab` ids and a `context`-token window.
+pub fn tiny_model_yaml(vocab: usize, context: usize) -> String {
+    format!(
+        "model:
+  vocab_size: {vocab}
+  max_context_length: {context}
+  num_transformer_layers: 2
+  model_dim: 64
+  head_dim: 16
+  qkv_multipliers: [0.5, 1.0]
+  num_gqa_groups: 2
+  ffn_multipliers: [0.5, 2.0]
+  ffn_dim_divisor: 16
+  normalize_qk_projections: true
+  share_input_output_layers: true
+"
+    )
+}
+
 /// The workspace root (recipes/, .cache/ live here).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

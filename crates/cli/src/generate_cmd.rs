@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use corenet_data::template::{chat_prompt, CHAT_END_OF_TURN, CHAT_TEMPLATE_JINJA};
 use corenet_data::TextTokenizer;
+use corenet_export::shipped_tokenizer::read_chat_template;
 use corenet_model::generate::{generate, SamplingConfig};
 
 #[derive(Args)]
@@ -17,8 +19,17 @@ pub struct GenerateArgs {
     /// export folder).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// The text to continue; with --chat, the user's message.
     #[arg(long)]
     prompt: String,
+    /// Ask as a chat: the prompt becomes a user turn in the chat layout the checkpoint was
+    /// fine-tuned on (its `chat_template.jinja`, or `chat_template` in an export's
+    /// tokenizer_config.json), and the reply ends at the end-of-turn marker.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 is greedy.
@@ -65,9 +76,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             tokenizer.vocab_size(),
         );
     }
+    let input = match args.chat {
+        true => chat_input(&args)?,
+        false => args.prompt.clone(),
+    };
     // OpenELM expects BOS before the text, as the LLaMA tokenizer adds it.
     let mut prompt = vec![i64::from(tokenizer.bos_id())];
-    prompt.extend(tokenizer.encode(&args.prompt)?.into_iter().map(i64::from));
+    prompt.extend(tokenizer.encode(&input)?.into_iter().map(i64::from));
     let sampling = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -77,12 +92,43 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let new = generate(&model, &prompt, &sampling, !args.no_cache)?;
     let ids: Vec<u32> = new.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-    let text = tokenizer.decode(&ids)?;
+    let mut text = tokenizer.decode(&ids)?;
+    if args.chat {
+        // A tokenizer without `</s>` as a special token spells the marker out.
+        if let Some(end) = text.find(CHAT_END_OF_TURN) {
+            text.truncate(end);
+        }
+    }
     if args.json {
         let line = serde_json::json!({ "prompt_ids": prompt, "new_ids": ids, "text": text });
         println!("{line}");
+    } else if args.chat {
+        println!("{text}");
     } else {
         println!("{}{text}", args.prompt);
     }
     Ok(())
+}
+
+/// The chat-layout input for `--chat`, after checking that the checkpoint was tuned on it.
+fn chat_input(args: &GenerateArgs) -> anyhow::Result<String> {
+    let dir = &args.checkpoint;
+    let template = read_chat_template(dir)?.with_context(|| {
+        format!(
+            "{} carries no chat template: --chat needs a checkpoint fine-tuned on `template: chat` data (or its export)",
+            dir.display()
+        )
+    })?;
+    if template.trim() != CHAT_TEMPLATE_JINJA {
+        anyhow::bail!(
+            "{} carries another chat template than corenet's chat layout; --chat applies only that one",
+            dir.display()
+        );
+    }
+    let mut turns = Vec::new();
+    if let Some(system) = &args.system {
+        turns.push(("system".to_string(), system.clone()));
+    }
+    turns.push(("user".to_string(), args.prompt.clone()));
+    chat_prompt(&turns).map_err(anyhow::Error::msg)
 }

@@ -33,6 +33,29 @@ struct AlpacaRecord {
 /// The end-of-turn marker of the chat layout (the text of LLaMA's and our tokenizers' EOS).
 pub const CHAT_END_OF_TURN: &str = "</s>";
 
+/// Where a checkpoint keeps the chat template of a run on chat data.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// The chat layout as a Jinja chat template, as HF tokenizers carry it (`chat_template` in
+/// `tokenizer_config.json`): `apply_chat_template` renders exactly what `template: chat` trains
+/// on, and with `add_generation_prompt` opens the assistant's turn as [`chat_prompt`] does.
+pub const CHAT_TEMPLATE_JINJA: &str = "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '</s>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";
+
+/// The model input that asks for the next assistant turn: the conversation so far (any roles
+/// of system, user, assistant) in the chat layout, then `<|assistant|>\n`.
+pub fn chat_prompt(messages: &[(String, String)]) -> std::result::Result<String, String> {
+    let mut text = String::new();
+    for (i, (role, content)) in messages.iter().enumerate() {
+        if !ROLES.contains(&role.as_str()) {
+            return Err(format!(
+                "messages[{i}]: unknown role `{role}` (system, user or assistant)"
+            ));
+        }
+        text.push_str(&format!("<|{role}|>\n{content}{CHAT_END_OF_TURN}\n"));
+    }
+    Ok(text + "<|assistant|>\n")
+}
+
 /// The roles a chat message may have.
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 
@@ -82,7 +105,8 @@ impl Template {
                 let r: AlpacaRecord = serde_json::from_slice(line).map_err(|e| e.to_string())?;
                 let prompt = alpaca_prompt(&r.instruction, &r.input);
                 let prompt_bytes = prompt.len();
-                Ok((prompt + &r.output, vec![0..prompt_bytes]))
+                let hidden = std::iter::once(0..prompt_bytes).collect();
+                Ok((prompt + &r.output, hidden))
             }
             Template::Chat => {
                 let r: ChatRecord = serde_json::from_slice(line).map_err(|e| e.to_string())?;
@@ -167,7 +191,11 @@ mod tests {
         assert!(text.ends_with(
             "### Instruction:\nIs the sky blue?\n\n### Response:\nthe correct answer is true"
         ));
-        assert_eq!(prompt, [0..text.len() - "the correct answer is true".len()]);
+        let response = text.len() - "the correct answer is true".len();
+        assert!(
+            prompt.len() == 1 && prompt[0] == (0..response),
+            "{prompt:?}"
+        );
         let line = br#"{"instruction": "Pick one.", "input": "a or b", "output": "a"}"#;
         let (text, prompt) = Template::Alpaca.render(line).expect("render");
         assert!(text.contains("paired with an input"));
@@ -206,6 +234,16 @@ mod tests {
         assert_eq!(response(&text, &hidden), "Hello.</s>");
         let lists = br#"{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello."}]}"#;
         assert_eq!(Template::Chat.render(lists).expect("render").0, text);
+    }
+
+    #[test]
+    fn the_generation_prompt_opens_the_assistant_turn() {
+        let turns = [("user".to_string(), "Hi".to_string())];
+        assert_eq!(
+            chat_prompt(&turns).expect("prompt"),
+            "<|user|>\nHi</s>\n<|assistant|>\n"
+        );
+        assert!(chat_prompt(&[("bot".into(), "x".into())]).is_err());
     }
 
     #[test]

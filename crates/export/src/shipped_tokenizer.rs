@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use corenet_data::template::CHAT_TEMPLATE_FILE;
 use corenet_data::{
     resolve_tokenizer, tokenizer_in_folder, HfTokenizer, SentencePieceModel,
     SentencePieceTokenizer, TextTokenizer, TokenizerKind, TOKENIZER_JSON_FILE,
@@ -46,17 +47,23 @@ pub struct ShippedTokenizer {
     pub names: SpecialNames,
     /// Ids the tokenizer can produce (the exported vocabulary must hold them all).
     pub vocab_size: usize,
+    /// The checkpoint's chat template (`chat_template.jinja`, written by runs on chat data),
+    /// shipped as `chat_template` in `tokenizer_config.json`.
+    pub chat_template: Option<String>,
 }
 
 impl ShippedTokenizer {
     /// The tokenizer at `explicit`, or else the one `checkpoint` carries (`tokenizer.model` or
     /// `tokenizer.json` next to its weights).
     pub fn find(checkpoint: &Path, explicit: Option<&Path>) -> Result<Self> {
-        if let Some(path) = explicit {
-            return Self::load(path);
-        }
-        if let Some(file) = tokenizer_in_folder(checkpoint) {
-            return Self::load(&file);
+        let found = match (explicit, tokenizer_in_folder(checkpoint)) {
+            (Some(path), _) => Some(Self::load(path)?),
+            (None, Some(file)) => Some(Self::load(&file)?),
+            (None, None) => None,
+        };
+        if let Some(mut shipped) = found {
+            shipped.chat_template = read_chat_template(checkpoint)?;
+            return Ok(shipped);
         }
         Err(Error::Tokenizer {
             path: checkpoint.to_path_buf(),
@@ -100,6 +107,7 @@ impl ShippedTokenizer {
             bytes,
             hf,
             sentencepiece: Some(model),
+            chat_template: None,
         };
         shipped.settle_pad();
         shipped.check_bos()?;
@@ -130,6 +138,7 @@ impl ShippedTokenizer {
             bytes,
             hf,
             sentencepiece: None,
+            chat_template: None,
         };
         shipped.settle_pad();
         shipped.check_bos()?;
@@ -198,6 +207,9 @@ impl ShippedTokenizer {
         });
         if let (Some(c), Some(s)) = (config.as_object_mut(), specials.as_object()) {
             c.extend(s.clone());
+            if let Some(template) = &self.chat_template {
+                c.insert("chat_template".into(), template.clone().into());
+            }
         }
         write_json(&dir.join(TOKENIZER_CONFIG_FILE), &config)?;
         write_json(&dir.join(SPECIAL_TOKENS_FILE), &specials)?;
@@ -216,6 +228,26 @@ impl ShippedTokenizer {
         }
         Value::Object(map)
     }
+}
+
+/// The chat template `dir` carries: a corenet checkpoint's `chat_template.jinja`, or the
+/// `chat_template` of an HF folder's `tokenizer_config.json`.
+pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    let file = dir.join(CHAT_TEMPLATE_FILE);
+    if file.is_file() {
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
+        return Ok(Some(text));
+    }
+    let config = dir.join(TOKENIZER_CONFIG_FILE);
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&config).map_err(|e| Error::io("read", &config, e))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Tokenizer {
+        path: config.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(value["chat_template"].as_str().map(str::to_string))
 }
 
 fn names_of(

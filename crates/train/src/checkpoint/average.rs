@@ -13,7 +13,7 @@ use corenet_model::manifest::Manifest;
 use corenet_model::{AdapterRecord, StagedFolder, ADAPTERS_FILE};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::contents::{MODEL_CONFIG_FILE, MODEL_FILE};
+use crate::checkpoint::contents::{CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, MODEL_FILE};
 use crate::checkpoint::store::CheckpointEntry;
 use crate::error::{Error, Result};
 
@@ -55,6 +55,11 @@ pub fn average_checkpoints(inputs: &[CheckpointEntry], out: &Path) -> Result<Man
         // The same name (tokenizer.json or tokenizer.model) in the average.
         let to = staged.path().join(from.file_name().unwrap_or_default());
         std::fs::copy(&from, &to).map_err(|e| Error::io("copy", &from, e))?;
+    }
+    let template = newest.dir.join(CHAT_TEMPLATE_FILE);
+    if template.is_file() {
+        let to = staged.path().join(CHAT_TEMPLATE_FILE);
+        std::fs::copy(&template, &to).map_err(|e| Error::io("copy", &template, e))?;
     }
     if let Some(record) = adapters {
         // The averaged adapters still sit on the inputs' base.

@@ -77,14 +77,25 @@ impl TrainState {
 pub struct TokenizerFile {
     pub kind: TokenizerKind,
     pub bytes: Vec<u8>,
+    /// The chat template of a run that trains on `template: chat` sources, written next to
+    /// the tokenizer as [`CHAT_TEMPLATE_FILE`] (what `model export` ships and `generate --chat`
+    /// applies).
+    pub chat_template: Option<String>,
 }
+
+/// A checkpoint's chat template (Jinja, as HF tokenizers carry it).
+pub const CHAT_TEMPLATE_FILE: &str = corenet_data::template::CHAT_TEMPLATE_FILE;
 
 impl TokenizerFile {
     /// Reads the tokenizer `path` names (a file, or a folder holding one).
     pub fn read(path: &Path) -> Result<Self> {
         let (file, kind) = resolve_tokenizer(path)?;
         let bytes = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
-        Ok(TokenizerFile { kind, bytes })
+        Ok(TokenizerFile {
+            kind,
+            bytes,
+            chat_template: None,
+        })
     }
 
     /// Checks that the checkpoint in `dir` was trained with this tokenizer: a changed tokenizer

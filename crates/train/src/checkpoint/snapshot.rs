@@ -13,7 +13,8 @@ use corenet_model::{AdapterRecord, OpenElm, RawTensor, ADAPTERS_FILE};
 use tch::Tensor;
 
 use crate::checkpoint::contents::{
-    TokenizerFile, TrainState, MODEL_CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
+    TokenizerFile, TrainState, CHAT_TEMPLATE_FILE, MODEL_CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE,
+    STATE_FILE,
 };
 use crate::checkpoint::rank_parts::{
     model_index_json, model_owners, model_part_file, optimizer_part_file, OptimizerIndex,
@@ -100,6 +101,11 @@ pub(crate) fn take_snapshot(of: SnapshotOf<'_>) -> Result<Snapshot> {
         snapshot
             .small_files
             .push((tokenizer.kind.file_name().into(), tokenizer.bytes.clone()));
+        if let Some(template) = &tokenizer.chat_template {
+            snapshot
+                .small_files
+                .push((CHAT_TEMPLATE_FILE.into(), template.clone().into_bytes()));
+        }
         snapshot
             .small_files
             .push((STATE_FILE.into(), json(STATE_FILE, state)?));

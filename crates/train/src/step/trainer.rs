@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tch::{nn, Device, Tensor};
 
+use corenet_data::template::{Template, CHAT_TEMPLATE_JINJA};
 use corenet_data::{load_tokenizer, DataStream, TextTokenizer};
 use corenet_ffi::Readback;
 use corenet_model::{AdapterRecord, OpenElm, PeftConfig};
@@ -191,7 +192,13 @@ impl Trainer {
         let accumulation = recipe.accumulation(world)?;
         recipe.validate_files()?;
         let tokenizer = load_tokenizer(&recipe.data.tokenizer)?;
-        let tokenizer_file = TokenizerFile::read(&recipe.data.tokenizer)?;
+        let mut tokenizer_file = TokenizerFile::read(&recipe.data.tokenizer)?;
+        let chats = recipe
+            .data
+            .sources
+            .iter()
+            .any(|s| s.template == Some(Template::Chat));
+        tokenizer_file.chat_template = chats.then(|| CHAT_TEMPLATE_JINJA.to_string());
         let pad_id = recipe.check_vocabulary(tokenizer.as_ref())?;
         // Before anything is written: a refused held-out source fails fast.
         let validator = match recipe.eval.enabled() && !options.dry_run {
