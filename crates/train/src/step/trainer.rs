@@ -487,6 +487,12 @@ impl Trainer {
             let interval = self.recipe.checkpoint.interval;
             if interval > 0 && self.state.step.is_multiple_of(interval) {
                 self.settle_all(&mut in_flight, &mut summary)?;
+                // Once a stop is agreed (a signal, or a rank whose save failed), no new save
+                // starts here: one would commit over the failure. After the loop the failure
+                // ends every rank, or a stopped run saves its last state once.
+                if self.stop.requested(self.dp.is_some()) {
+                    continue;
+                }
                 self.save()?;
             }
         }
