@@ -315,12 +315,13 @@ ensure_tracking_clients() {
     pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "${TRACKING_CLIENTS[@]}"
 }
 
-# The adapter library the PEFT checks run against (crates/train/tests/peft_parity.rs): HF PEFT
-# applies LoRA/DoRA to the HF export, and loads corenet's adapter export. It shares the venv's
-# torch and transformers.
-FINETUNE_CLIENTS=(peft==0.21.2)
+# The fine-tuning libraries the checks run against: HF PEFT applies LoRA/DoRA to the HF export
+# and loads corenet's adapter export (tests/peft_clients.rs); trl's DPO loss is the oracle of
+# ours (crates/train/tests/dpo_trl.rs). They share the venv's torch, transformers, accelerate
+# and datasets.
+FINETUNE_CLIENTS=(peft==0.21.2 trl==1.16.0)
 ensure_finetune_clients() {
-    if "$REF_VENV/bin/python" -c "import peft" >/dev/null 2>&1; then
+    if "$REF_VENV/bin/python" -c "import peft, trl" >/dev/null 2>&1; then
         return 0
     fi
     log "reference venv: the fine-tuning clients (${FINETUNE_CLIENTS[*]})"

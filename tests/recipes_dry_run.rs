@@ -254,20 +254,43 @@ fn every_peft_recipe_passes_a_dry_run() {
         })
         .collect();
     std::fs::write(&records, lines.join("\n")).expect("records");
-    let recipes = recipes_in("recipes/peft");
-    assert_eq!(recipes.len(), 8, "{recipes:?}");
+    dry_run_each(
+        "recipes/peft",
+        8,
+        dir.path(),
+        &records,
+        &["peft.rank=8"],
+        |recipe, loss| {
+            assert!(
+                loss.is_finite() && loss > 1.0 && loss < 20.0,
+                "{}: loss {loss}",
+                recipe.display()
+            );
+        },
+    );
+}
+
+/// Dry-runs the `expected` recipes of `folder`, shrunk, their one source reading `records`
+/// (plus `extra` settings) on 2 ranks; `check` judges each one's loss.
+fn dry_run_each(
+    folder: &str,
+    expected: usize,
+    dir: &Path,
+    records: &Path,
+    extra: &[&str],
+    check: impl Fn(&Path, f64),
+) {
+    let recipes = recipes_in(folder);
+    assert_eq!(recipes.len(), expected, "{recipes:?}");
     for recipe in &recipes {
-        let run_dir = dir
-            .path()
-            .join("runs")
-            .join(recipe.file_stem().expect("stem"));
-        let mut sets: Vec<String> = shrink(recipe, dir.path(), &run_dir)
+        let run_dir = dir.join("runs").join(recipe.file_stem().expect("stem"));
+        let mut sets: Vec<String> = shrink(recipe, dir, &run_dir)
             .into_iter()
             .filter(|s| !s.starts_with("data.sources.0."))
             .collect();
         sets.push(format!("data.sources.0.paths=[{}]", records.display()));
-        sets.push("peft.rank=8".into());
-        let out = dry_run(recipe, dir.path(), &sets, &["--world-size", "2"]);
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let out = dry_run(recipe, dir, &sets, &["--world-size", "2"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -275,16 +298,56 @@ fn every_peft_recipe_passes_a_dry_run() {
             recipe.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let loss = loss(&stdout);
-        assert!(
-            loss.is_finite() && loss > 1.0 && loss < 20.0,
-            "{}: loss {loss}",
-            recipe.display()
-        );
+        check(recipe, loss(&stdout));
         assert!(
             !run_dir.exists(),
             "{}: dry run wrote into the run directory",
             recipe.display()
         );
     }
+}
+
+/// The DPO recipes (recipes/instruct) on UltraFeedback-style pairs: the first step scores the
+/// policy against itself as reference, so its loss is exactly the loss at a zero margin (ln 2
+/// for sigmoid, 1 for hinge).
+#[test]
+fn every_dpo_recipe_passes_a_dry_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_sample_data(dir.path(), 500);
+    let pairs = dir.path().join("pairs.jsonl");
+    let lines: Vec<String> = (0..32)
+        .map(|i| {
+            let prompt = format!("the king {i}?");
+            let side = |answer: &str| {
+                serde_json::json!([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+            };
+            serde_json::json!({
+                "prompt": prompt,
+                "chosen": side("the queen rises."),
+                "rejected": side("night falls on the river."),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&pairs, lines.join("\n")).expect("pairs");
+    // A later `data.seq_len` wins over the shrunk one: room for the chat layout.
+    dry_run_each(
+        "recipes/instruct",
+        4,
+        dir.path(),
+        &pairs,
+        &["data.seq_len=64"],
+        |recipe, loss| {
+            let text = std::fs::read_to_string(recipe).expect("recipe");
+            let zero_margin = match text.contains("loss: hinge") {
+                true => 1.0,
+                false => std::f64::consts::LN_2,
+            };
+            assert!(
+                (loss - zero_margin).abs() < 1e-4,
+                "{}: loss {loss}",
+                recipe.display()
+            );
+        },
+    );
 }

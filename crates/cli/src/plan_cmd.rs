@@ -113,6 +113,9 @@ fn table(p: &Plan, name: &str) -> String {
     );
     line("memory per GPU", String::new());
     line("  weights", gb(m.weights));
+    if m.reference_weights > 0 {
+        line("  DPO reference", gb(m.reference_weights));
+    }
     line("  gradients", gb(m.gradients));
     line(
         "  master weights",

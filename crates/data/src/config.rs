@@ -18,6 +18,10 @@ pub enum Mode {
     Packed,
     /// CoreNet's `general_lm`: one 2048-word piece per row, filtered, truncated or padded.
     Corenet,
+    /// Preference pairs (DPO): each record of a `template: preference` source gives two
+    /// neighbouring rows, chosen then rejected, each BOS + prompt + answer, truncated or
+    /// right-padded; prompt and padding are never targets. `micro_batch` counts rows (2 per pair).
+    Pairs,
 }
 
 /// Which tokens of a record the loss is taken on.
@@ -128,6 +132,11 @@ pub struct DataConfig {
     pub max_piece_bytes: usize,
     /// Records longer than this (bytes) are skipped as bad records.
     pub max_record_bytes: usize,
+    /// Pairs mode: a pair whose prompt (BOS included) has more tokens is skipped, counted and
+    /// logged (so is one whose prompt leaves no room in the row for an answer). Absent: only
+    /// the row length limits it. Left out of the resolved recipe when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -145,6 +154,7 @@ impl Default for DataConfig {
             corenet: CorenetConfig::default(),
             max_piece_bytes: 16 * 1024,
             max_record_bytes: 256 * 1024 * 1024,
+            max_prompt_tokens: None,
         }
     }
 }
@@ -173,6 +183,7 @@ impl DataConfig {
         if self.corenet.document_split_size == 0 {
             return bad("corenet.document_split_size must be > 0".into());
         }
+        self.validate_pairs()?;
         let mut names = std::collections::HashSet::new();
         for s in &self.sources {
             s.validate()?;
@@ -184,12 +195,38 @@ impl DataConfig {
     }
 }
 
+impl DataConfig {
+    /// Pairs mode and `template: preference` go together, and a pair fills two rows.
+    fn validate_pairs(&self) -> Result<()> {
+        let pairs = self.mode == Mode::Pairs;
+        for s in &self.sources {
+            let preference = s.template == Some(Template::Preference);
+            if pairs != preference {
+                return Err(Error::Config(format!(
+                    "source `{}`: `template: preference` and `mode: pairs` go together (mode is {:?}, template {:?})",
+                    s.name, self.mode, s.template
+                )));
+            }
+        }
+        if pairs && !self.micro_batch.is_multiple_of(2) {
+            return Err(Error::Config(format!(
+                "mode: pairs puts a pair's chosen and rejected answers in neighbouring rows: micro_batch must be even, got {}",
+                self.micro_batch
+            )));
+        }
+        if self.max_prompt_tokens == Some(0) {
+            return Err(Error::Config("max_prompt_tokens must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
 impl SourceConfig {
     /// The loss coverage in effect (`loss_on`, or its default for the template).
     pub fn loss_on(&self) -> LossOn {
         match (self.loss_on, self.template) {
             (Some(l), _) => l,
-            (None, Some(Template::Chat)) => LossOn::Response,
+            (None, Some(Template::Chat | Template::Preference)) => LossOn::Response,
             (None, _) => LossOn::All,
         }
     }
@@ -212,6 +249,11 @@ impl SourceConfig {
         if self.loss_on() == LossOn::Response && self.template.is_none() {
             return bad(
                 "loss_on: response needs a template to say where the response starts".into(),
+            );
+        }
+        if self.template == Some(Template::Preference) && self.loss_on() == LossOn::All {
+            return bad(
+                "a preference pair is scored on its answer: loss_on must be response".into(),
             );
         }
         if !(self.weight.is_finite() && self.weight > 0.0) {

@@ -49,8 +49,11 @@ pub struct PeekRow {
     pub row: usize,
     pub source: String,
     pub tokens: Vec<u32>,
-    /// Leading ids of the row's records that are prompt, never targets (`loss_on: response`).
+    /// Ids of the row that are prompt, never targets (`loss_on: response`).
     pub prompt_ids: usize,
+    /// Per id of `tokens`: whether it is prompt (empty when none is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompt: Vec<bool>,
     pub text: String,
 }
 
@@ -65,10 +68,11 @@ pub fn peek(config: &DataConfig, batches: usize) -> Result<Vec<PeekRow>> {
         for r in 0..batch.micro_batch {
             let tokens = batch.row(r).to_vec();
             let w = batch.seq_len + 1;
-            let prompt_ids = batch
+            let prompt = batch
                 .prompt
                 .get(r * w..(r + 1) * w)
-                .map_or(0, |bits| bits.iter().filter(|&&b| b).count());
+                .map_or_else(Vec::new, <[bool]>::to_vec);
+            let prompt_ids = prompt.iter().filter(|&&b| b).count();
             let real: Vec<u32> = tokens.iter().copied().filter(|&t| t != pad).collect();
             let source = batch
                 .state
@@ -83,6 +87,7 @@ pub fn peek(config: &DataConfig, batches: usize) -> Result<Vec<PeekRow>> {
                 text: tokenizer.decode(&real)?,
                 tokens,
                 prompt_ids,
+                prompt,
             });
         }
     }

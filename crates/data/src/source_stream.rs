@@ -13,6 +13,7 @@ use crate::read::{self, OpenSpec, Position, ReadItem, RecordReader, Stride};
 use crate::shard::Shard;
 use crate::state::SourceState;
 use crate::stats::SourceStats;
+use crate::template::Rendered;
 use crate::text_fix::fix_text;
 
 /// The document being consumed.
@@ -21,6 +22,8 @@ struct OpenDoc {
     /// Byte ranges of `text` left out of the loss (none unless the source has
     /// `loss_on: response`).
     hidden: Vec<Range<usize>>,
+    /// Pairs mode: the rejected answer's text and prompt ranges (`text` is the chosen one).
+    rejected: Option<Rendered>,
     end: Position,
     piece: Option<Piece>,
 }
@@ -76,7 +79,7 @@ impl SourceStream {
         let need = self.pipe.row_len();
         match self.pipe.config.mode {
             Mode::Packed => self.packed_row(out, prompt, need)?,
-            Mode::Corenet => self.corenet_row(out, prompt, need)?,
+            Mode::Corenet | Mode::Pairs => self.corenet_row(out, prompt, need)?,
         }
         self.stats.rows += 1;
         self.settle();
@@ -236,6 +239,23 @@ impl SourceStream {
                     tokens,
                 }
             }
+            Mode::Pairs => {
+                // Piece 0 is the chosen answer, piece 1 the rejected one.
+                let (text, hidden) = match (start, &doc.rejected) {
+                    (0, _) | (_, None) => (text, hidden.as_slice()),
+                    (_, Some((text, hidden))) => (text.as_str(), hidden.as_slice()),
+                };
+                let mut tokens = vec![tok.bos_id()];
+                tokens.extend(tok.encode(text)?);
+                let whole = (text, 0, text.len());
+                let hidden = self.hidden_tokens(whole, hidden, true, str::to_string)?;
+                Piece {
+                    next_start: 1,
+                    last: start == 1,
+                    hidden: clamp_ranges(hidden, tokens.len()),
+                    tokens,
+                }
+            }
         };
         if piece.tokens.is_empty() {
             self.stats.dropped_pieces += 1;
@@ -303,10 +323,15 @@ impl SourceStream {
                         self.stats.documents += 1;
                         continue;
                     }
+                    if self.pipe.config.mode == Mode::Pairs && !self.pair_fits(&rec)? {
+                        self.state.record = Some(rec.end);
+                        continue;
+                    }
                     self.state.record = Some(rec.start);
                     let masks = self.pipe.sources[self.index].loss_on == LossOn::Response;
                     self.doc = Some(OpenDoc {
                         hidden: if masks { rec.hidden } else { Vec::new() },
+                        rejected: rec.rejected,
                         text: rec.text,
                         end: rec.end,
                         piece: None,
@@ -315,6 +340,35 @@ impl SourceStream {
                 }
             }
         }
+    }
+
+    /// Whether a pair's prompt (BOS + the text before its answer) is within `max_prompt_tokens`
+    /// and leaves the row room for an answer; one that is not is counted and logged by file
+    /// and position.
+    fn pair_fits(&mut self, rec: &read::Record) -> Result<bool> {
+        let prompt_end = rec
+            .hidden
+            .first()
+            .filter(|r| r.start == 0)
+            .map_or(0, |r| r.end);
+        let prompt = 1 + self.pipe.tokenizer.encode(&rec.text[..prompt_end])?.len();
+        let limit = self.pipe.row_len() - 1;
+        let limit = self
+            .pipe
+            .config
+            .max_prompt_tokens
+            .map_or(limit, |m| m.min(limit));
+        if prompt <= limit {
+            return Ok(true);
+        }
+        let file = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.get(self.state.file as usize))
+            .and_then(|&(file, _)| self.pipe.sources[self.index].files.get(file));
+        tracing::warn!(source = %self.pipe.sources[self.index].name, file = ?file.map(|f| &f.path), position = %rec.start, prompt_tokens = prompt, limit, "skipping a preference pair whose prompt is too long");
+        self.stats.long_prompts += 1;
+        Ok(false)
     }
 
     /// Opens the current file of the plan at the saved record; false when it had to move on

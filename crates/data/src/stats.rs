@@ -27,6 +27,9 @@ pub struct SourceStats {
     pub epochs: u64,
     /// Documents passed over because they are held back for validation (`hold_back`).
     pub held_back: u64,
+    /// Preference pairs skipped because their prompt is over `max_prompt_tokens` (or fills
+    /// the row).
+    pub long_prompts: u64,
 }
 
 impl SourceStats {
@@ -52,5 +55,6 @@ impl SourceStats {
         self.bad_files += o.bad_files;
         self.epochs += o.epochs;
         self.held_back += o.held_back;
+        self.long_prompts += o.long_prompts;
     }
 }

@@ -9,6 +9,10 @@
 //!   in the Zephyr layout alignment-handbook uses for models without a chat template of their
 //!   own: `<|role|>\n{content}</s>\n` per message. The response is every assistant message's
 //!   content and its `</s>`; the role headers and the other messages are prompt.
+//! - `preference` is a DPO pair in the UltraFeedback-binarized layout: a `prompt` and the
+//!   `chosen` and `rejected` answers (strings, or message lists that may repeat the prompt's
+//!   messages first). Each answer renders as a chat of the prompt and that answer; only the
+//!   answer's assistant turns are response. The rejected rendering rides with the record.
 
 use std::ops::Range;
 
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub enum Template {
     Alpaca,
     Chat,
+    Preference,
 }
 
 /// One Alpaca-layout record; extra fields (`answer`) are read and ignored.
@@ -46,20 +51,37 @@ pub const CHAT_TEMPLATE_JINJA: &str = "{% for message in messages %}{{ '<|' + me
 pub fn chat_prompt(messages: &[(String, String)]) -> std::result::Result<String, String> {
     let mut text = String::new();
     for (i, (role, content)) in messages.iter().enumerate() {
-        if !ROLES.contains(&role.as_str()) {
-            return Err(format!(
-                "messages[{i}]: unknown role `{role}` (system, user or assistant)"
-            ));
-        }
-        text.push_str(&format!("<|{role}|>\n{content}{CHAT_END_OF_TURN}\n"));
+        push_turn(&mut text, i, role, content)?;
     }
     Ok(text + "<|assistant|>\n")
+}
+
+/// Appends message `i` as `<|role|>\n{content}</s>\n`; returns where its content and end
+/// marker lie (`body..end`) in `text`, or the error for a role the layout does not have.
+fn push_turn(
+    text: &mut String,
+    i: usize,
+    role: &str,
+    content: &str,
+) -> std::result::Result<Range<usize>, String> {
+    if !ROLES.contains(&role) {
+        return Err(format!(
+            "messages[{i}]: unknown role `{role}` (system, user or assistant)"
+        ));
+    }
+    text.push_str(&format!("<|{role}|>\n"));
+    let body = text.len();
+    text.push_str(content);
+    text.push_str(CHAT_END_OF_TURN);
+    let end = text.len();
+    text.push('\n');
+    Ok(body..end)
 }
 
 /// The roles a chat message may have.
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct Message {
     role: String,
     content: String,
@@ -93,27 +115,75 @@ struct ChatRecord {
     completion: Option<Turns>,
 }
 
+/// A preference pair; extra fields (`messages`, scores, ids) are read and ignored.
+#[derive(Debug, Deserialize)]
+struct PreferenceRecord {
+    prompt: Turns,
+    chosen: Turns,
+    rejected: Turns,
+}
+
 /// A rendered record: its text and the byte ranges of it that are prompt.
 pub type Rendered = (String, Vec<Range<usize>>);
 
+/// A rendered record and, for a preference pair, its rejected answer rendered alike (the text
+/// is then the chosen one).
+pub type RenderedRecord = (Rendered, Option<Rendered>);
+
 impl Template {
     /// The training text of one JSON record and the byte ranges of it that are prompt; the
-    /// error says which field is missing or wrong.
+    /// error says which field is missing or wrong. A preference pair gives its chosen side.
     pub fn render(self, line: &[u8]) -> std::result::Result<Rendered, String> {
+        self.render_record(line).map(|(text, _)| text)
+    }
+
+    /// [`Self::render`], with a preference pair's rejected side.
+    pub fn render_record(self, line: &[u8]) -> std::result::Result<RenderedRecord, String> {
         match self {
             Template::Alpaca => {
                 let r: AlpacaRecord = serde_json::from_slice(line).map_err(|e| e.to_string())?;
                 let prompt = alpaca_prompt(&r.instruction, &r.input);
                 let prompt_bytes = prompt.len();
                 let hidden = std::iter::once(0..prompt_bytes).collect();
-                Ok((prompt + &r.output, hidden))
+                Ok(((prompt + &r.output, hidden), None))
             }
             Template::Chat => {
                 let r: ChatRecord = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-                render_chat(&chat_messages(r)?)
+                Ok((render_turns(&chat_messages(r)?, 0)?, None))
+            }
+            Template::Preference => {
+                let r: PreferenceRecord =
+                    serde_json::from_slice(line).map_err(|e| e.to_string())?;
+                render_pair(r).map(|(chosen, rejected)| (chosen, Some(rejected)))
             }
         }
     }
+}
+
+/// Both sides of a pair, each the prompt's messages then that answer's (an answer that
+/// repeats the prompt's messages first, as UltraFeedback's do, has them dropped).
+fn render_pair(r: PreferenceRecord) -> std::result::Result<(Rendered, Rendered), String> {
+    let prompt = r.prompt.into_messages("user");
+    let answer = |turns: Turns, side: &str| -> std::result::Result<Vec<Message>, String> {
+        let mut messages = turns.into_messages("assistant");
+        if messages.starts_with(&prompt) {
+            messages.drain(..prompt.len());
+        }
+        match messages.iter().any(|m| m.role == "assistant") {
+            true => Ok(messages),
+            false => Err(format!("the {side} answer has no assistant turn")),
+        }
+    };
+    let (chosen, rejected) = (answer(r.chosen, "chosen")?, answer(r.rejected, "rejected")?);
+    if chosen == rejected {
+        return Err("chosen and rejected are identical: the pair prefers nothing".into());
+    }
+    let side = |answer: Vec<Message>| {
+        let mut turns = prompt.clone();
+        turns.extend(answer);
+        render_turns(&turns, prompt.len())
+    };
+    Ok((side(chosen)?, side(rejected)?))
 }
 
 /// The conversation of a chat record, from `messages` or from `prompt` + `completion`.
@@ -129,9 +199,12 @@ fn chat_messages(r: ChatRecord) -> std::result::Result<Vec<Message>, String> {
     }
 }
 
-/// `<|role|>\n{content}</s>\n` per message; assistant contents and their end marker are the
-/// response, the rest is prompt.
-fn render_chat(messages: &[Message]) -> std::result::Result<Rendered, String> {
+/// `<|role|>\n{content}</s>\n` per message; the contents and end markers of the assistant
+/// messages from `response_from` on are the response, the rest is prompt.
+fn render_turns(
+    messages: &[Message],
+    response_from: usize,
+) -> std::result::Result<Rendered, String> {
     let mut text = String::new();
     let mut hidden: Vec<Range<usize>> = Vec::new();
     let mut hide = |range: Range<usize>| match hidden.last_mut() {
@@ -139,28 +212,18 @@ fn render_chat(messages: &[Message]) -> std::result::Result<Rendered, String> {
         _ => hidden.push(range),
     };
     for (i, m) in messages.iter().enumerate() {
-        if !ROLES.contains(&m.role.as_str()) {
-            return Err(format!(
-                "messages[{i}]: unknown role `{}` (system, user or assistant)",
-                m.role
-            ));
-        }
         let start = text.len();
-        text.push_str(&format!("<|{}|>\n", m.role));
-        let body = text.len();
-        text.push_str(&m.content);
-        text.push_str(CHAT_END_OF_TURN);
-        let end = text.len();
-        text.push('\n');
-        match m.role == "assistant" {
+        let body = push_turn(&mut text, i, &m.role, &m.content)?;
+        match i >= response_from && m.role == "assistant" {
             true => {
-                hide(start..body);
-                hide(end..text.len());
+                hide(start..body.start);
+                hide(body.end..text.len());
             }
             false => hide(start..text.len()),
         }
     }
-    if !messages.iter().any(|m| m.role == "assistant") {
+    let answers = &messages[response_from.min(messages.len())..];
+    if !answers.iter().any(|m| m.role == "assistant") {
         return Err("the conversation has no assistant turn to train on".into());
     }
     Ok((text, hidden))
@@ -261,6 +324,50 @@ mod tests {
             (br#"{"messages": [{"role": "user"}]}"#, "content"),
         ] {
             let err = Template::Chat.render(line).expect_err("bad chat");
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn preference_pairs_render_both_answers_after_one_prompt() {
+        // UltraFeedback-binarized: each answer repeats the prompt as its first message.
+        let line = br#"{"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}], "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}], "score_chosen": 8.0}"#;
+        let ((chosen, hidden), rejected) = Template::Preference.render_record(line).expect("pair");
+        let (rejected, rejected_hidden) = rejected.expect("rejected side");
+        assert_eq!(chosen, "<|user|>\nHi</s>\n<|assistant|>\nHello.</s>\n");
+        assert_eq!(rejected, "<|user|>\nHi</s>\n<|assistant|>\nGo away.</s>\n");
+        assert_eq!(response(&chosen, &hidden), "Hello.</s>");
+        assert_eq!(response(&rejected, &rejected_hidden), "Go away.</s>");
+        // Plain strings: the prompt is a user turn, each answer an assistant turn.
+        let strings = br#"{"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}"#;
+        let ((text, _), other) = Template::Preference.render_record(strings).expect("pair");
+        assert_eq!((text, other.map(|o| o.0)), (chosen, Some(rejected)));
+        // An assistant turn inside the prompt stays prompt.
+        let multi = br#"{"prompt": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}], "chosen": "D", "rejected": "E"}"#;
+        let ((text, hidden), _) = Template::Preference.render_record(multi).expect("pair");
+        assert_eq!(response(&text, &hidden), "D</s>");
+    }
+
+    #[test]
+    fn bad_pairs_say_what_is_wrong() {
+        for (line, expected) in [
+            (
+                &br#"{"prompt": "Hi", "chosen": "Same.", "rejected": "Same."}"#[..],
+                "identical",
+            ),
+            (
+                br#"{"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}], "rejected": "No."}"#,
+                "chosen answer has no assistant turn",
+            ),
+            (
+                br#"{"prompt": [{"role": "robot", "content": "Hi"}], "chosen": "Yes.", "rejected": "No."}"#,
+                "unknown role `robot`",
+            ),
+            (br#"{"prompt": "Hi", "chosen": "Yes."}"#, "rejected"),
+        ] {
+            let err = Template::Preference
+                .render_record(line)
+                .expect_err("bad pair");
             assert!(err.contains(expected), "{err}");
         }
     }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::config::Mode;
 use crate::error::Result;
 use crate::mixer::Mixer;
 use crate::pipeline::Pipeline;
@@ -70,10 +71,17 @@ impl Worker {
         let mut tokens = Vec::with_capacity(rows * self.pipe.row_len());
         let mut prompt = Vec::with_capacity(rows * self.pipe.row_len());
         let mut row_sources = Vec::with_capacity(rows);
-        for _ in 0..rows {
+        // A pair's two rows come from one record, so a source is drawn per pair.
+        let group = match self.pipe.config.mode {
+            Mode::Pairs => 2,
+            _ => 1,
+        };
+        for _ in 0..rows / group {
             let s = self.mixer.pick(&mut self.rng);
-            self.sources[s].next_row(&mut tokens, &mut prompt)?;
-            row_sources.push(s);
+            for _ in 0..group {
+                self.sources[s].next_row(&mut tokens, &mut prompt)?;
+                row_sources.push(s);
+            }
         }
         if !prompt.contains(&true) {
             prompt.clear();

@@ -5,16 +5,17 @@
 //! settings or a foreign base are refused before any step.
 
 mod common;
+mod fine_tune;
 mod run_recipe;
 
 use std::io::Write;
 use std::path::Path;
 
-use corenet_model::hf::export_hf;
-use corenet_model::{AdapterRecord, OpenElm, ADAPTERS_FILE};
-use corenet_train::{Recipe, Resume, TrainOptions, Trainer};
+use corenet_model::{AdapterRecord, ADAPTERS_FILE};
+use corenet_train::{Recipe, Resume, Trainer};
+use fine_tune::{base_folder, error_of, options};
 use serde_json::{json, Value};
-use tch::{nn, Device};
+use tch::Device;
 
 const PEFT: [&str; 4] = [
     "peft.rank=4",
@@ -26,36 +27,6 @@ const PEFT: [&str; 4] = [
 fn recipe(base: &Value, dir: &Path, name: &str, sets: &[&str]) -> Recipe {
     let all: Vec<&str> = PEFT.iter().chain(sets).copied().collect();
     run_recipe::in_run_dir(base, dir, name, &all)
-}
-
-fn options(resume: Resume, init_from: Option<&Path>, stop_at: Option<u64>) -> TrainOptions {
-    TrainOptions {
-        resume,
-        stop_at,
-        world_size: 1,
-        init_from: init_from.map(Path::to_path_buf),
-        ..TrainOptions::default()
-    }
-}
-
-/// The base: an HF folder of a model shaped like the recipe's.
-fn base_folder(recipe: &Recipe, dir: &Path, seed: i64) -> (nn::VarStore, OpenElm) {
-    // Under the trainer's generator lock: a trainer in another test thread draws its seeded
-    // weights and adapters without these draws in between.
-    let (vs, model) = corenet_train::step::generator::seeded(seed, || {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = OpenElm::new(&vs.root(), &recipe.model).expect("model");
-        (vs, model)
-    });
-    export_hf(&model, dir, None).expect("export");
-    (vs, model)
-}
-
-fn error_of(result: corenet_train::Result<Trainer>) -> String {
-    match result {
-        Ok(_) => panic!("the trainer was built"),
-        Err(e) => e.to_string(),
-    }
 }
 
 #[test]

@@ -61,6 +61,24 @@ fn memory_of_a_hand_computed_case() {
 }
 
 #[test]
+fn a_dpo_run_holds_its_reference_weights_once_more() {
+    let plain = small(true, true);
+    let mut tree = serde_json::to_value(&plain).expect("tree");
+    tree["dpo"] = json!({"loss": "hinge", "beta": 0.01});
+    tree["data"]["mode"] = json!("pairs");
+    tree["data"]["sources"][0]["template"] = json!("preference");
+    let dpo = Recipe::from_value(tree).expect("dpo recipe");
+    let (m, p) = (
+        memory_plan(&dpo, 2, 80_000_000_000).expect("plan"),
+        memory_plan(&plain, 2, 80_000_000_000).expect("plan"),
+    );
+    // bf16: the base once more, with no gradients or optimizer state of its own.
+    assert_eq!(m.reference_weights, 263_040 * 2);
+    assert_eq!(p.reference_weights, 0);
+    assert_eq!(m.total, p.total + m.reference_weights);
+}
+
+#[test]
 fn batch_tokens_and_time() {
     let recipe = small(true, true);
     let target = PlanTarget {

@@ -164,15 +164,18 @@ impl RecordReader for LineReader {
                 continue; // blank lines are not records
             }
             let text = match self.template {
-                Some(template) => template.render(&self.buf),
-                None => extract_text(&self.buf, &self.text_key).map(|text| (text, Vec::new())),
+                Some(template) => template.render_record(&self.buf),
+                None => {
+                    extract_text(&self.buf, &self.text_key).map(|text| ((text, Vec::new()), None))
+                }
             };
             return Ok(Some(match text {
-                Ok((text, hidden)) => ReadItem::Doc(Record {
+                Ok(((text, hidden), rejected)) => ReadItem::Doc(Record {
                     start,
                     end,
                     text,
                     hidden,
+                    rejected,
                 }),
                 Err(msg) => ReadItem::Bad(bad_record(&self.path, start, msg)),
             }));

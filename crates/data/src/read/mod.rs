@@ -75,6 +75,8 @@ pub struct Record {
     /// Byte ranges of `text` that a template rendered as prompt, not response (none for plain
     /// text).
     pub hidden: Vec<std::ops::Range<usize>>,
+    /// A preference pair's rejected answer, rendered as `text` (the chosen one) is.
+    pub rejected: Option<crate::template::Rendered>,
 }
 
 /// What a reader produces next.

@@ -180,6 +180,7 @@ fn row_item(path: &std::path::Path, array: &ArrayRef, i: usize, group: u64, row:
         end,
         text: text.to_string(),
         hidden: Vec::new(),
+        rejected: None,
     })
 }
 

@@ -141,20 +141,32 @@ pub fn write_alpaca_source(
             json!({"instruction": instruction, "input": input, "output": output, "answer": answer}),
         );
     }
+    let cfg = SourceConfig {
+        loss_on: Some(LossOn::Response),
+        ..jsonl_source(&sub, name, &records, Template::Alpaca)
+    };
+    (cfg, parts)
+}
+
+/// Writes `records` to `sub/name.jsonl`: the source of them rendered by `template`.
+fn jsonl_source(
+    sub: &Path,
+    name: &str,
+    records: &[serde_json::Value],
+    template: Template,
+) -> SourceConfig {
     write_jsonl(
         &sub.join(format!("{name}.jsonl")),
-        &records,
+        records,
         LineCompression::None,
     )
     .expect("jsonl");
-    let cfg = SourceConfig {
+    SourceConfig {
         name: name.into(),
         paths: vec![sub.join("*.jsonl").to_string_lossy().into_owned()],
-        template: Some(Template::Alpaca),
-        loss_on: Some(LossOn::Response),
+        template: Some(template),
         ..Default::default()
-    };
-    (cfg, parts)
+    }
 }
 
 /// One conversation of [`write_chat_source`]: (role, content) per message.
@@ -184,19 +196,39 @@ pub fn write_chat_source(dir: &Path, name: &str, n: usize) -> (SourceConfig, Vec
         records.push(json!({ "messages": messages }));
         all.push(conv);
     }
-    write_jsonl(
-        &sub.join(format!("{name}.jsonl")),
-        &records,
-        LineCompression::None,
+    (jsonl_source(&sub, name, &records, Template::Chat), all)
+}
+
+/// One pair of [`write_preference_source`]: prompt, chosen and rejected answers.
+pub type Pair = (String, String, String);
+
+/// Writes `n` preference pairs in the UltraFeedback-binarized layout (each answer a message
+/// list that repeats the prompt) to `dir/name/name.jsonl`, then `extra` raw lines; returns a
+/// `template: preference` source and the pairs.
+pub fn write_preference_source(
+    dir: &Path,
+    name: &str,
+    n: usize,
+    extra: &[serde_json::Value],
+) -> (SourceConfig, Vec<Pair>) {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let mut records = Vec::new();
+    let mut pairs = Vec::new();
+    for i in 0..n {
+        let prompt = doc_text(&format!("q{i}"), 3 + i % 4);
+        let chosen = doc_text(&format!("good{i}"), 2 + i % 3);
+        let rejected = doc_text(&format!("bad{i}"), 4 + i % 2);
+        let side = |answer: &str| json!([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]);
+        records
+            .push(json!({"prompt": prompt, "chosen": side(&chosen), "rejected": side(&rejected)}));
+        pairs.push((prompt, chosen, rejected));
+    }
+    records.extend_from_slice(extra);
+    (
+        jsonl_source(&sub, name, &records, Template::Preference),
+        pairs,
     )
-    .expect("jsonl");
-    let cfg = SourceConfig {
-        name: name.into(),
-        paths: vec![sub.join("*.jsonl").to_string_lossy().into_owned()],
-        template: Some(Template::Chat),
-        ..Default::default()
-    };
-    (cfg, all)
 }
 
 /// A packed-mode config over `sources`.

@@ -8,6 +8,7 @@ mod coverage;
 mod data_files;
 mod formats;
 mod mixing;
+mod pairs;
 mod prompt_mask;
 mod resume;
 mod tools;

@@ -121,6 +121,7 @@ impl Bench {
             dp: None,
             // Stages only matter to an overlapped all-reduce, which one process never runs.
             stages: &[],
+            reference: None,
         };
         let input = StepInput {
             lr: self.lr,
@@ -167,6 +168,7 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
             activation_checkpointing: config.activation_checkpointing,
             overlap_grad_reduce: false,
             grad_clip: config.optimizer.grad_clip,
+            dpo: None,
         },
         lr: config.lr,
     };

@@ -15,6 +15,7 @@ use crate::checkpoint::writer::{CheckpointWriter, FaultKind, SaveJob, SaveRecord
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
+use crate::step::reference::{ReferenceRecord, REFERENCE_KEY};
 
 /// What a save writes besides the model and optimizer.
 pub(crate) struct SaveParts<'a> {
@@ -26,6 +27,8 @@ pub(crate) struct SaveParts<'a> {
     pub fault: Option<FaultKind>,
     /// A PEFT run's adapters record.
     pub adapters: Option<&'a AdapterRecord>,
+    /// A DPO run's reference record (in the manifest's metadata).
+    pub reference: Option<&'a ReferenceRecord>,
 }
 
 /// Starts a checkpoint of `state` (atomic: the old ones stay until it is durable). Every rank
@@ -55,7 +58,7 @@ pub(crate) fn start_save(
     let job = SaveJob {
         step: parts.state.step,
         snapshot,
-        metadata: metadata(parts.state, parts.validation_loss, world),
+        metadata: metadata(parts.state, parts.validation_loss, world, parts.reference),
         fault: parts.fault,
     };
     Ok(writer.start(job, began))
@@ -87,8 +90,12 @@ fn metadata(
     state: &TrainState,
     validation_loss: Option<f64>,
     world: usize,
+    reference: Option<&ReferenceRecord>,
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut metadata = serde_json::Map::new();
+    if let Some(value) = reference.and_then(|r| serde_json::to_value(r).ok()) {
+        metadata.insert(REFERENCE_KEY.into(), value);
+    }
     metadata.insert("recipe_hash".into(), state.recipe_hash.clone().into());
     if let Some(loss) = validation_loss.filter(|l| l.is_finite()) {
         metadata.insert(VALIDATION_LOSS_KEY.into(), loss.into());

@@ -45,6 +45,8 @@ pub struct StepReport {
     pub ce: f64,
     pub z_loss: f64,
     pub grad_norm: f64,
+    /// A DPO step's rewards and accuracy.
+    pub preference: Option<PreferenceReport>,
     /// The learning rate the step used.
     pub lr: f64,
     /// Skipped (non-finite) steps of the run so far.
@@ -53,6 +55,19 @@ pub struct StepReport {
     pub data_wait: Duration,
     /// Completed passes over the sources so far, summed over sources (this rank's stream).
     pub data_epochs: u64,
+}
+
+/// What a DPO step logs besides its loss, as trl names them: `rewards/chosen` and
+/// `rewards/rejected` (means of β·(log π − log π_ref)), `rewards/margins` (their difference)
+/// `rewards/accuracies` (share of pairs whose chosen reward is the larger), and `logps/chosen`
+/// and `logps/rejected` (means of the policy's summed log-probabilities of the answers).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreferenceReport {
+    pub reward_chosen: f64,
+    pub reward_rejected: f64,
+    pub accuracy: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
 }
 
 /// Where the run's log goes and how it is computed.
@@ -495,6 +510,16 @@ impl RunLog {
         .with_extra("data_epochs", report.data_epochs)
         .with_extra("elapsed_s", elapsed_s)
         .with_extra("time", unix_time());
+        let record = match report.preference {
+            Some(p) => record
+                .with_extra("rewards/chosen", p.reward_chosen)
+                .with_extra("rewards/rejected", p.reward_rejected)
+                .with_extra("rewards/margins", p.reward_chosen - p.reward_rejected)
+                .with_extra("rewards/accuracies", p.accuracy)
+                .with_extra("logps/chosen", p.logps_chosen)
+                .with_extra("logps/rejected", p.logps_rejected),
+            None => record,
+        };
         let record = match &self.mlflow {
             Some(sink) => {
                 let stats = sink.stats();
@@ -605,6 +630,7 @@ mod tests {
             ce: 2.9,
             z_loss: 0.1,
             grad_norm: 1.0,
+            preference: None,
             lr: 1e-3,
             skipped_steps: 0,
             data_wait: Duration::from_millis(2 * step),

@@ -96,6 +96,8 @@ pub struct MemoryPlan {
     pub trainable_params: u64,
     /// Every weight: the model's, plus a PEFT run's adapters.
     pub weights: u64,
+    /// A DPO run's frozen reference model (the base weights once more, no gradients).
+    pub reference_weights: u64,
     pub gradients: u64,
     /// f32 master weights (bf16 runs), after ZeRO-1 partitioning.
     pub master_weights: u64,
@@ -231,12 +233,18 @@ pub fn memory_plan(recipe: &Recipe, world_size: usize, gpu_memory: u64) -> Resul
         activations_full
     };
     let weights = weight_bytes * (base + adapters);
+    let reference_weights = match recipe.dpo {
+        Some(_) => weight_bytes * base,
+        None => 0,
+    };
     let gradients = weight_bytes * trained;
-    let total = weights + gradients + master_weights + optimizer_moments + activations;
+    let total =
+        weights + reference_weights + gradients + master_weights + optimizer_moments + activations;
     let usable = (gpu_memory as f64 * USABLE_FRACTION) as u64;
     Ok(MemoryPlan {
         trainable_params: trained,
         weights,
+        reference_weights,
         gradients,
         master_weights,
         optimizer_moments,

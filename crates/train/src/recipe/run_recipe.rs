@@ -16,6 +16,7 @@ use crate::recipe::overrides::{
     apply_overrides, deep_merge, from_tree, parse_yaml_value, Override,
 };
 use crate::recipe::sections::{CheckpointConfig, LoggingConfig, RunConfig, TrainerConfig};
+use crate::step::preference::DpoConfig;
 use crate::validate::EvalConfig;
 
 /// Most intra-op threads a recipe may ask for: far above any machine's cores, low enough that a
@@ -45,6 +46,10 @@ pub struct Recipe {
     /// parameter trains). Left out of the resolved recipe when absent, so older hashes hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peft: Option<PeftConfig>,
+    /// Preference optimisation (DPO) on `data.mode: pairs`, against the starting weights as
+    /// the reference model. Left out of the resolved recipe when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<DpoConfig>,
 }
 
 impl Recipe {
@@ -83,6 +88,16 @@ impl Recipe {
                 corenet_model::Error::Config { field, message } => Error::config(field, message),
                 other => Error::config("peft", other.to_string()),
             })?;
+        }
+        if let Some(dpo) = &self.dpo {
+            dpo.validate()?;
+        }
+        let pairs = self.data.mode == Mode::Pairs;
+        if pairs != self.dpo.is_some() {
+            return Err(Error::config(
+                "dpo",
+                "a `dpo:` section trains on preference pairs and pairs are for DPO: use both `dpo:` and `data.mode: pairs`, or neither",
+            ));
         }
         if let Some(mlflow) = &self.logging.mlflow {
             mlflow.validate()?;

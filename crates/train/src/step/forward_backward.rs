@@ -13,7 +13,8 @@ use tch::{Kind, Tensor};
 use corenet_model::OpenElm;
 
 use crate::error::Result;
-use crate::step::loss::{lm_loss, LossTerms};
+use crate::step::loss::{dpo_loss, lm_loss, LossTerms};
+use crate::step::preference::DpoConfig;
 
 /// A point of a staged backward after which some parameters' gradients are final, newest
 /// first: the head (final norm, untied output layer), each block from the last, then the
@@ -40,11 +41,24 @@ impl Stage {
 
 /// What one micro-batch's loss function needs.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LossSpec {
+pub(crate) struct LossSpec<'a> {
     pub ignore_index: i64,
     pub z_coef: f64,
     /// Multiplies the loss before backward (1 / accumulation steps).
     pub scale: f64,
+    /// A DPO step: its settings and the reference model's summed log-probabilities of this
+    /// micro-batch's rows (2P,).
+    pub preference: Option<(DpoConfig, &'a Tensor)>,
+}
+
+impl LossSpec<'_> {
+    /// The loss of `logits` (B, T, V) against `targets` (B, T).
+    fn loss(&self, logits: &Tensor, targets: &Tensor) -> LossTerms {
+        match &self.preference {
+            Some((cfg, reference)) => dpo_loss(logits, targets, self.ignore_index, cfg, reference),
+            None => lm_loss(logits, targets, self.ignore_index, self.z_coef),
+        }
+    }
 }
 
 /// Runs forward and backward, accumulating gradients into the model's parameters.
@@ -55,7 +69,7 @@ pub(crate) fn forward_backward(
     model: &OpenElm,
     inputs: &Tensor,
     targets: &Tensor,
-    spec: LossSpec,
+    spec: LossSpec<'_>,
     checkpoint: bool,
 ) -> corenet_model::Result<LossTerms> {
     forward_backward_with(model, inputs, targets, spec, checkpoint, || {})
@@ -68,13 +82,13 @@ pub(crate) fn forward_backward_with(
     model: &OpenElm,
     inputs: &Tensor,
     targets: &Tensor,
-    spec: LossSpec,
+    spec: LossSpec<'_>,
     checkpoint: bool,
     mut after_forward: impl FnMut(),
 ) -> corenet_model::Result<LossTerms> {
     if !checkpoint {
         let logits = model.forward(inputs)?; // (B, T, V)
-        let terms = lm_loss(&logits, targets, spec.ignore_index, spec.z_coef);
+        let terms = spec.loss(&logits, targets);
         after_forward();
         (&terms.total * spec.scale).backward();
         return Ok(detached(terms));
@@ -89,7 +103,7 @@ pub(crate) fn forward_backward_with(
     });
     let last = last.detach().set_requires_grad(true);
     let logits = model.head(&last); // (B, T, V)
-    let terms = lm_loss(&logits, targets, spec.ignore_index, spec.z_coef);
+    let terms = spec.loss(&logits, targets);
     after_forward();
     (&terms.total * spec.scale).backward();
     let mut grad = last.grad();
@@ -113,7 +127,7 @@ pub(crate) fn forward_backward_staged(
     model: &OpenElm,
     inputs: &Tensor,
     targets: &Tensor,
-    spec: LossSpec,
+    spec: LossSpec<'_>,
     checkpoint: bool,
     on_stage: &mut dyn FnMut(Stage) -> Result<()>,
 ) -> Result<LossTerms> {
@@ -139,7 +153,7 @@ pub(crate) fn forward_backward_staged(
     }
     let last = x.set_requires_grad(true);
     let logits = model.head(&last); // (B, T, V)
-    let terms = lm_loss(&logits, targets, spec.ignore_index, spec.z_coef);
+    let terms = spec.loss(&logits, targets);
     (&terms.total * spec.scale).backward();
     on_stage(Stage::Head)?;
     let mut grad = last.grad();
@@ -178,8 +192,7 @@ pub(crate) fn parameter_stages(model: &OpenElm) -> Vec<(Stage, Tensor)> {
 fn detached(terms: LossTerms) -> LossTerms {
     LossTerms {
         total: terms.total.detach(),
-        ce: terms.ce,
-        z_loss: terms.z_loss,
+        ..terms
     }
 }
 

@@ -9,7 +9,8 @@ fn tiny() -> OpenElmConfig {
     OpenElmConfig::miniature(50, 3, 32, 8)
 }
 
-const SPEC: LossSpec = LossSpec {
+const SPEC: LossSpec<'static> = LossSpec {
+    preference: None,
     ignore_index: 49,
     z_coef: 1e-4,
     scale: 0.5,

@@ -1,6 +1,9 @@
-//! CoreNet's language-model loss: cross-entropy over non-pad targets plus z-loss.
+//! CoreNet's language-model loss: cross-entropy over non-pad targets plus z-loss; and the DPO
+//! loss of a pairs-mode batch in the same terms.
 
 use tch::{Kind, Reduction, Tensor};
+
+use crate::step::preference::{preference_loss, DpoConfig, SequenceScores};
 
 /// Loss terms of one micro-batch; `total` carries the graph, the others are detached.
 #[derive(Debug)]
@@ -8,6 +11,10 @@ pub struct LossTerms {
     pub total: Tensor,
     pub ce: Tensor,
     pub z_loss: Tensor,
+    /// (5,) a preference loss's metrics ([`PreferenceTerms::metrics`]); zeros otherwise.
+    ///
+    /// [`PreferenceTerms::metrics`]: crate::step::preference::PreferenceTerms
+    pub preference: Tensor,
 }
 
 /// logits: (B, T, V) any float dtype; targets: (B, T) int64.
@@ -28,6 +35,7 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor, ignore_index: i64, z_coef: f64
         return LossTerms {
             total: ce.shallow_clone(),
             ce: ce.detach(),
+            preference: no_preference(&z_loss),
             z_loss,
         };
     }
@@ -39,7 +47,34 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor, ignore_index: i64, z_coef: f64
     LossTerms {
         total: &ce + &z_loss,
         ce: ce.detach(),
+        preference: no_preference(&z_loss),
         z_loss: z_loss.detach(),
+    }
+}
+
+/// The preference metrics of a loss that has none: zeros on `like`'s device.
+fn no_preference(like: &Tensor) -> Tensor {
+    Tensor::zeros([5], (Kind::Float, like.device()))
+}
+
+/// A pairs-mode micro-batch's DPO loss ([`preference_loss`]) against the reference's summed
+/// log-probabilities `reference` (2P,); `ce` is the policy's mean NLL on the chosen answers.
+pub fn dpo_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    cfg: &DpoConfig,
+    reference: &Tensor,
+) -> LossTerms {
+    let scores = SequenceScores::from_logits(logits, targets, ignore_index);
+    let terms = preference_loss(&scores, reference, cfg);
+    let chosen = |t: &Tensor| t.detach().view([-1, 2]).select(1, 0).sum(Kind::Float);
+    let ce = -chosen(&scores.logps) / chosen(&scores.tokens).clamp_min(1.0);
+    LossTerms {
+        total: terms.total,
+        z_loss: ce.zeros_like(),
+        ce,
+        preference: terms.metrics,
     }
 }
 

@@ -15,17 +15,28 @@ use crate::optim::{found_inf, Optimizer};
 use crate::step::forward_backward::{
     forward_backward_staged, forward_backward_with, LossSpec, Stage,
 };
+use crate::step::preference::DpoConfig;
+use crate::step::reference::Reference;
 
 /// Positions in the tensor [`optimizer_step`] returns.
 pub(crate) mod values {
     pub const LOSS: usize = 0;
     pub const CE: usize = 1;
     pub const Z_LOSS: usize = 2;
-    pub const GRAD_NORM: usize = 3;
+    /// A DPO step's mean chosen reward, rejected reward, preference accuracy and the policy's
+    /// chosen and rejected log-probabilities (0 otherwise).
+    pub const REWARD_CHOSEN: usize = 3;
+    pub const REWARD_REJECTED: usize = 4;
+    pub const ACCURACY: usize = 5;
+    pub const LOGPS_CHOSEN: usize = 6;
+    pub const LOGPS_REJECTED: usize = 7;
+    pub const GRAD_NORM: usize = 8;
     /// Ranks that asked to stop this step (0 in a single process).
-    pub const STOP_VOTES: usize = 4;
+    pub const STOP_VOTES: usize = 9;
     /// 1 when the device skipped the update.
-    pub const SKIPPED: usize = 5;
+    pub const SKIPPED: usize = 10;
+    /// The values averaged over micro-batches and ranks (loss … rejected log-probability).
+    pub(crate) const AVERAGED: i64 = 8;
 }
 
 /// What a step works on.
@@ -37,6 +48,8 @@ pub(crate) struct StepParts<'a> {
     /// Every parameter with the backward stage that finishes its gradient (overlapped
     /// all-reduce only).
     pub stages: &'a [(Stage, Tensor)],
+    /// A DPO run's frozen reference model.
+    pub reference: Option<&'a Reference>,
 }
 
 /// How every step of a run goes.
@@ -52,6 +65,9 @@ pub(crate) struct StepSettings {
     /// (data-parallel runs with the replicated optimizer).
     pub overlap_grad_reduce: bool,
     pub grad_clip: Option<f64>,
+    /// A DPO run: the loss is [`crate::step::preference::preference_loss`] against the
+    /// reference model on pairs-mode batches.
+    pub dpo: Option<DpoConfig>,
 }
 
 /// What changes from one step to the next.
@@ -97,20 +113,32 @@ pub(crate) fn optimizer_step(
         optim,
         dp,
         stages,
+        reference,
     } = parts;
-    let spec = LossSpec {
+    let lm = LossSpec {
         ignore_index: settings.ignore_index,
         z_coef: settings.z_loss,
         scale: 1.0 / settings.accumulation as f64,
+        preference: None,
     };
     let device = model.token_embeddings.device();
     let overlap =
         dp.filter(|_| settings.overlap_grad_reduce && matches!(optim, Optimizer::Replicated(_)));
     let checkpoint = settings.activation_checkpointing;
-    let mut sums = Tensor::zeros([3], (Kind::Float, device)); // total, ce, z
+    let averaged = values::AVERAGED;
+    let mut sums = Tensor::zeros([averaged], (Kind::Float, device)); // loss … log-probs
     let mut reduced = false;
     for micro in 0..settings.accumulation {
         let (inputs, targets) = next_batch()?;
+        // (2P,) the reference's log-probabilities of this micro-batch, before the policy runs.
+        let reference = match (settings.dpo, reference) {
+            (Some(cfg), Some(r)) => Some((cfg, r.logps(&inputs, &targets, lm.ignore_index)?)),
+            _ => None,
+        };
+        let spec = LossSpec {
+            preference: reference.as_ref().map(|(cfg, logps)| (*cfg, logps)),
+            ..lm
+        };
         if let Some(seed) = input.dropout_seed {
             model.dropout_key().set(micro_batch_key(seed, micro));
         }
@@ -144,15 +172,17 @@ pub(crate) fn optimizer_step(
                 }
             })?,
         };
-        sums += Tensor::stack(&[terms.total, terms.ce, terms.z_loss], 0).to_kind(Kind::Float);
+        let losses = Tensor::stack(&[terms.total, terms.ce, terms.z_loss], 0);
+        sums += Tensor::cat(&[losses.to_kind(Kind::Float), terms.preference], 0);
     }
     model.dropout_key().set(DropoutKey::OFF);
     phases.backward_done();
     if input.poison {
         sums *= f64::NAN;
     }
-    // [total, ce, z, stop votes]: summed over ranks in a data-parallel run, so every rank
-    // sees the same loss (the mean over all micro-batches of all ranks) and stop decision.
+    // [total, ce, z, rewards, accuracy, log-probs, stop votes]: summed over ranks in a data-parallel run,
+    // so every rank sees the same loss (the mean over all micro-batches of all ranks) and stop
+    // decision.
     let vote = f32::from(u8::from(input.stop_vote));
     let packed = Tensor::cat(&[sums, Tensor::from_slice(&[vote]).to_device(device)], 0);
     let mut micro_batches = settings.accumulation;
@@ -162,10 +192,10 @@ pub(crate) fn optimizer_step(
     }
     optim.reduce_gradients(dp, reduced)?;
     let norm = optim.clip(dp, settings.grad_clip)?;
-    // [loss, ce, z, grad norm]; identical on every rank, so every rank skips alike.
+    // [loss … log-probs, grad norm]; identical on every rank, so every rank skips alike.
     let measured = Tensor::cat(
         &[
-            packed.narrow(0, 0, 3) / micro_batches as f64,
+            packed.narrow(0, 0, averaged) / micro_batches as f64,
             norm.to_kind(Kind::Float).reshape([1]),
         ],
         0,
@@ -174,7 +204,11 @@ pub(crate) fn optimizer_step(
     optim.step(dp, input.lr, Some(&found_inf))?;
     optim.zero_grad()?;
     Ok(Tensor::cat(
-        &[measured, packed.narrow(0, 3, 1), found_inf.reshape([1])],
+        &[
+            measured,
+            packed.narrow(0, averaged, 1),
+            found_inf.reshape([1]),
+        ],
         0,
     ))
 }

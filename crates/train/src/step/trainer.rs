@@ -38,13 +38,14 @@ use crate::dist::launcher_env::{rank_device, trainer_env};
 use crate::dist::{DataParallel, DistEnv};
 use crate::error::{Error, Result};
 use crate::log::mlflow::RunStatus;
-use crate::log::run_log::{RunLogSetup, StepReport};
+use crate::log::run_log::{PreferenceReport, RunLogSetup, StepReport};
 use crate::log::RunLog;
 use crate::optim::{Optimizer, Schedule};
 use crate::recipe::{Precision, Recipe};
 use crate::step::batches::Batches;
 use crate::step::forward_backward::{parameter_stages, Stage};
 use crate::step::generator;
+use crate::step::reference::{Reference, ReferenceRecord};
 use crate::step::train_step::{
     dropout_seed, optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
 };
@@ -177,6 +178,8 @@ pub struct Trainer {
     last_validation: Option<(u64, f64)>,
     /// A PEFT run's adapters and base, written into every checkpoint.
     adapters: Option<AdapterRecord>,
+    /// A DPO run's frozen reference model.
+    reference: Option<Reference>,
     rank: usize,
 }
 
@@ -267,6 +270,16 @@ impl Trainer {
         let adapters = adapters
             .map(|start| adapter_record(&model, start, resume_dir.as_deref()))
             .transpose()?;
+        let reference = match recipe.dpo {
+            Some(_) => Some(build_reference(
+                &model,
+                &recipe,
+                device,
+                options.init_from.as_deref(),
+                resume_dir.as_deref(),
+            )?),
+            None => None,
+        };
         let mut optim = Optimizer::new(
             model.trainable_parameters(),
             &recipe.optimizer,
@@ -345,6 +358,7 @@ impl Trainer {
             activation_checkpointing: recipe.trainer.activation_checkpointing,
             overlap_grad_reduce: recipe.trainer.overlap_grad_reduce,
             grad_clip: recipe.optimizer.grad_clip,
+            dpo: recipe.dpo,
         };
         tracing::info!(
             params = recipe.model.param_count()?.total(),
@@ -396,6 +410,7 @@ impl Trainer {
             validator,
             last_validation: None,
             adapters,
+            reference,
             rank,
         })
     }
@@ -539,6 +554,7 @@ impl Trainer {
             optim: &mut self.optim,
             dp: self.dp.as_ref(),
             stages: &self.stages,
+            reference: self.reference.as_ref(),
         };
         let step_values = optimizer_step(
             parts,
@@ -605,6 +621,13 @@ impl Trainer {
             ce: host[values::CE],
             z_loss: host[values::Z_LOSS],
             grad_norm: host[values::GRAD_NORM],
+            preference: self.reference.as_ref().map(|_| PreferenceReport {
+                reward_chosen: host[values::REWARD_CHOSEN],
+                reward_rejected: host[values::REWARD_REJECTED],
+                accuracy: host[values::ACCURACY],
+                logps_chosen: host[values::LOGPS_CHOSEN],
+                logps_rejected: host[values::LOGPS_REJECTED],
+            }),
             lr,
             skipped_steps: self.state.skipped_steps,
             data_wait,
@@ -688,6 +711,7 @@ impl Trainer {
                     .filter(|f| f.step == step)
                     .map(|f| f.kind),
                 adapters: self.adapters.as_ref(),
+                reference: self.reference.as_ref().map(|r| &r.record),
             },
             began,
         )?;
@@ -849,6 +873,21 @@ fn adapter_record(
         base: start.base,
         base_fingerprint,
     })
+}
+
+/// A DPO run's reference: the policy's starting weights, or on resume the recorded ones.
+fn build_reference(
+    policy: &OpenElm,
+    recipe: &Recipe,
+    device: Device,
+    init: Option<&Path>,
+    resume_dir: Option<&Path>,
+) -> Result<Reference> {
+    let built = build_model(recipe, device)?;
+    match resume_dir {
+        Some(dir) => Reference::reopen(&ReferenceRecord::read(dir)?, init, built, dir),
+        None => Reference::copy_of(policy, built, init.map(Path::to_path_buf)),
+    }
 }
 
 fn build_model(recipe: &Recipe, device: Device) -> Result<(nn::VarStore, OpenElm)> {
