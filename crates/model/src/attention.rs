@@ -71,8 +71,15 @@ impl Attention {
     }
 
     /// x: (B, T, C) -> (B, T, C). With a cache, the new keys/values are appended to it and the
-    /// queries sit at positions cache_len..cache_len+T.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor {
+    /// queries sit at positions cache_len..cache_len+T. `mask` (B, 1, T, T) bool, true = may
+    /// attend, replaces the causal mask of an uncached call ([`crate::document_mask`]).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input must be (B, T, C)");
         let (hq, hkv, hd) = (self.query_heads, self.kv_heads, self.head_dim);
         let qkv = project(x, &self.qkv_proj, self.qkv_adapter.as_ref()) // (B, T, (Hq + 2Hkv) * D)
@@ -91,9 +98,25 @@ impl Attention {
         if let Some(cache) = cache {
             (k, v) = cache.append(&k, &v); // (B, Hkv, S, D), S = offset + T
         }
-        let y = self.attend(&q, &k, &v, offset as i64); // (B, Hq, T, D)
+        let y = match mask.filter(|_| offset == 0) {
+            Some(mask) => self.attend_masked(&q, &k, &v, mask),
+            None => self.attend(&q, &k, &v, offset as i64),
+        }; // (B, Hq, T, D)
         let y = y.transpose(1, 2).contiguous().view([b, t, hq * hd]); // (B, T, Hq * D)
         project(&y, &self.out_proj, self.out_adapter.as_ref())
+    }
+
+    /// [`Self::attend`] under an explicit (B, 1, T, T) mask instead of the causal one.
+    fn attend_masked(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
+        let group = self.query_heads / self.kv_heads;
+        let (k, v) = match group > 1 {
+            true => (
+                k.repeat_interleave_self_int(group, 1, None),
+                v.repeat_interleave_self_int(group, 1, None),
+            ), // (B, Hq, T, D)
+            false => (k.shallow_clone(), v.shallow_clone()),
+        };
+        Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false)
     }
 
     /// Scaled dot-product attention, causal, scale 1/sqrt(D); query head j reads KV head

@@ -34,9 +34,17 @@ impl Block {
         }
     }
 
-    /// x: (B, T, C) -> (B, T, C)
-    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor {
-        let y = x + self.attn.forward(&self.attn_norm.forward(x), rope, cache);
+    /// x: (B, T, C) -> (B, T, C). `mask`: see [`Attention::forward`].
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor {
+        let y = x + self
+            .attn
+            .forward(&self.attn_norm.forward(x), rope, mask, cache);
         let ffn_out = self.ffn.forward(&self.ffn_norm.forward(&y));
         y + ffn_out
     }

@@ -11,6 +11,7 @@ pub mod adapter_record;
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod document_mask;
 pub mod error;
 pub mod ffn;
 pub mod flops;

@@ -103,11 +103,17 @@ impl OpenElm {
 
     /// tokens: (B, T) int64 -> logits (B, T, V).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.forward_masked(tokens, None)
+    }
+
+    /// [`Self::forward`] with attention under `mask` (B, 1, T, T) instead of the causal mask
+    /// ([`crate::document_mask::document_mask`]).
+    pub fn forward_masked(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let x = self.embed(tokens)?;
         let x = self
             .layers
             .iter()
-            .fold(x, |x, layer| layer.forward(&x, &self.rope, None));
+            .fold(x, |x, layer| layer.forward(&x, &self.rope, mask, None));
         Ok(self.head(&x))
     }
 
@@ -126,7 +132,7 @@ impl OpenElm {
         }
         let mut x = self.embed(tokens)?;
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &self.rope, Some(layer_cache));
+            x = layer.forward(&x, &self.rope, None, Some(layer_cache));
         }
         Ok(self.head(&x))
     }

@@ -91,6 +91,36 @@ fn attention(vs: &nn::VarStore, heads: usize, kv: usize) -> Attention {
     Attention::new(&(vs.root() / "attn"), shape, 0.05)
 }
 
+/// Packed documents under the document mask get, token for token, the logits each document
+/// gets alone: so packed and unpacked SFT give the same per-conversation loss.
+#[test]
+fn packed_documents_under_the_document_mask_equal_each_alone() {
+    let (_vs, model) = build(&tiny(), 3);
+    let bos = 1i64;
+    let doc = |len: i64, seed: i64| {
+        let body = (Tensor::arange(len - 1, (Kind::Int64, Device::Cpu)) * (seed * 7 + 3) + seed)
+            .remainder(90)
+            + 5;
+        Tensor::cat(&[Tensor::from_slice(&[bos]), body], 0)
+    };
+    let (a, b, c) = (doc(9, 1), doc(5, 2), doc(10, 3));
+    let row = Tensor::cat(&[&a, &b, &c], 0).unsqueeze(0); // (1, 24)
+    let mask = corenet_model::document_mask::document_mask(&row, bos);
+    let packed = model.forward_masked(&row, Some(&mask)).expect("forward");
+    let mut at = 0;
+    for d in [&a, &b, &c] {
+        let n = d.size()[0];
+        let alone = model.forward(&d.unsqueeze(0)).expect("forward");
+        let diff = max_abs_diff(&packed.narrow(1, at, n), &alone);
+        assert!(diff <= 1e-5, "document at {at}: {diff}");
+        at += n;
+    }
+    // Without the mask the later documents see the earlier ones.
+    let plain = model.forward(&row).expect("forward");
+    let alone = model.forward(&c.unsqueeze(0)).expect("forward");
+    assert!(max_abs_diff(&plain.narrow(1, 14, 10), &alone) > 1e-3);
+}
+
 #[test]
 fn one_query_head_per_kv_head_is_plain_multi_head_attention() {
     tch::manual_seed(1);
@@ -98,7 +128,7 @@ fn one_query_head_per_kv_head_is_plain_multi_head_attention() {
     let attn = attention(&vs, 4, 4);
     let rope = Rope::new(8, 10000.0, 64, Device::Cpu);
     let x = Tensor::randn([2, 10, 32], (Kind::Float, Device::Cpu));
-    let ours = attn.forward(&x, &rope, None);
+    let ours = attn.forward(&x, &rope, None, None);
     let reference = manual_attention(&attn, &rope, &x, 4, 4, 8);
     assert!(max_abs_diff(&ours, &reference) < 1e-5);
 }
@@ -123,7 +153,10 @@ fn grouped_query_attention_equals_mha_with_kv_heads_repeated_per_group() {
     });
     let rope = Rope::new(8, 10000.0, 64, Device::Cpu);
     let x = Tensor::randn([2, 12, 32], (Kind::Float, Device::Cpu));
-    let diff = max_abs_diff(&gqa.forward(&x, &rope, None), &mha.forward(&x, &rope, None));
+    let diff = max_abs_diff(
+        &gqa.forward(&x, &rope, None, None),
+        &mha.forward(&x, &rope, None, None),
+    );
     assert!(diff < 1e-5, "GQA differs from the equivalent MHA by {diff}");
 }
 

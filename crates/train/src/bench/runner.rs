@@ -169,6 +169,7 @@ pub fn run(config: &BenchConfig, command: &str) -> Result<BenchReport> {
             overlap_grad_reduce: false,
             grad_clip: config.optimizer.grad_clip,
             dpo: None,
+            document_bos: None,
         },
         lr: config.lr,
     };

@@ -67,6 +67,11 @@ pub struct TrainerConfig {
     pub precision: Precision,
     /// Recompute each block's activations in backward (trades compute for memory).
     pub activation_checkpointing: bool,
+    /// Attention stays inside each document of a packed row (a document starts at BOS), so
+    /// packed SFT conversations never see one another. Costs SDPA's fused causal kernel. Left
+    /// out of the resolved recipe when off, so older hashes hold.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub document_mask: bool,
     /// Seeds the model initialisation.
     pub seed: u64,
     /// z-loss coefficient (CoreNet's OpenELM recipes: 1e-4).
@@ -100,6 +105,7 @@ impl Default for TrainerConfig {
             steps: 1000,
             precision: Precision::F32,
             activation_checkpointing: false,
+            document_mask: false,
             seed: 0,
             z_loss: 1e-4,
             max_bad_steps: 5,

@@ -39,7 +39,7 @@ impl Stage {
     }
 }
 
-/// What one micro-batch's loss function needs.
+/// What one micro-batch's forward and loss need.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LossSpec<'a> {
     pub ignore_index: i64,
@@ -49,6 +49,8 @@ pub(crate) struct LossSpec<'a> {
     /// A DPO step: its settings and the reference model's summed log-probabilities of this
     /// micro-batch's rows (2P,).
     pub preference: Option<(DpoConfig, &'a Tensor)>,
+    /// Attention kept inside each packed document (B, 1, T, T), instead of causal over the row.
+    pub mask: Option<&'a Tensor>,
 }
 
 impl LossSpec<'_> {
@@ -87,7 +89,7 @@ pub(crate) fn forward_backward_with(
     mut after_forward: impl FnMut(),
 ) -> corenet_model::Result<LossTerms> {
     if !checkpoint {
-        let logits = model.forward(inputs)?; // (B, T, V)
+        let logits = model.forward_masked(inputs, spec.mask)?; // (B, T, V)
         let terms = spec.loss(&logits, targets);
         after_forward();
         (&terms.total * spec.scale).backward();
@@ -98,7 +100,7 @@ pub(crate) fn forward_backward_with(
     let last = tch::no_grad(|| {
         model.layers.iter().fold(embedded.detach(), |x, layer| {
             block_inputs.push(x.shallow_clone());
-            layer.forward(&x, model.rope(), None)
+            layer.forward(&x, model.rope(), spec.mask, None)
         })
     });
     let last = last.detach().set_requires_grad(true);
@@ -109,7 +111,7 @@ pub(crate) fn forward_backward_with(
     let mut grad = last.grad();
     for (layer, x) in model.layers.iter().zip(block_inputs).rev() {
         let x = x.set_requires_grad(true);
-        let y = layer.forward(&x, model.rope(), None);
+        let y = layer.forward(&x, model.rope(), spec.mask, None);
         // d(sum(y * g))/dy = g: back-propagates exactly the incoming gradient.
         (y * &grad).sum(Kind::Float).backward();
         grad = x.grad();
@@ -143,9 +145,9 @@ pub(crate) fn forward_backward_staged(
             x.set_requires_grad(true)
         };
         let y = if checkpoint {
-            tch::no_grad(|| layer.forward(&input, model.rope(), None))
+            tch::no_grad(|| layer.forward(&input, model.rope(), spec.mask, None))
         } else {
-            layer.forward(&input, model.rope(), None)
+            layer.forward(&input, model.rope(), spec.mask, None)
         };
         x = y.detach();
         block_inputs.push(input);
@@ -164,7 +166,7 @@ pub(crate) fn forward_backward_staged(
     for (i, (layer, (x, y))) in blocks.enumerate().rev() {
         let (x, y) = if checkpoint {
             let x = x.set_requires_grad(true);
-            let y = layer.forward(&x, model.rope(), None);
+            let y = layer.forward(&x, model.rope(), spec.mask, None);
             (x, y)
         } else {
             (x, y)

@@ -11,6 +11,7 @@ fn tiny() -> OpenElmConfig {
 
 const SPEC: LossSpec<'static> = LossSpec {
     preference: None,
+    mask: None,
     ignore_index: 49,
     z_coef: 1e-4,
     scale: 0.5,

@@ -7,6 +7,7 @@
 use tch::{Kind, Tensor};
 
 use corenet_model::adapter::DropoutKey;
+use corenet_model::document_mask::document_mask;
 use corenet_model::OpenElm;
 
 use crate::dist::DataParallel;
@@ -68,6 +69,9 @@ pub(crate) struct StepSettings {
     /// A DPO run: the loss is [`crate::step::preference::preference_loss`] against the
     /// reference model on pairs-mode batches.
     pub dpo: Option<DpoConfig>,
+    /// `trainer.document_mask`: the BOS id that opens each packed document, whose tokens
+    /// then attend inside their own document only.
+    pub document_bos: Option<i64>,
 }
 
 /// What changes from one step to the next.
@@ -120,6 +124,7 @@ pub(crate) fn optimizer_step(
         z_coef: settings.z_loss,
         scale: 1.0 / settings.accumulation as f64,
         preference: None,
+        mask: None,
     };
     let device = model.token_embeddings.device();
     let overlap =
@@ -135,8 +140,10 @@ pub(crate) fn optimizer_step(
             (Some(cfg), Some(r)) => Some((cfg, r.logps(&inputs, &targets, lm.ignore_index)?)),
             _ => None,
         };
+        let mask = settings.document_bos.map(|bos| document_mask(&inputs, bos));
         let spec = LossSpec {
             preference: reference.as_ref().map(|(cfg, logps)| (*cfg, logps)),
+            mask: mask.as_ref(),
             ..lm
         };
         if let Some(seed) = input.dropout_seed {

@@ -359,6 +359,10 @@ impl Trainer {
             overlap_grad_reduce: recipe.trainer.overlap_grad_reduce,
             grad_clip: recipe.optimizer.grad_clip,
             dpo: recipe.dpo,
+            document_bos: recipe
+                .trainer
+                .document_mask
+                .then(|| i64::from(tokenizer.bos_id())),
         };
         tracing::info!(
             params = recipe.model.param_count()?.total(),
