@@ -475,3 +475,64 @@ fn the_document_mask_changes_attention_and_trains() {
     assert!((fa - fb).abs() > 1e-4, "mask had no effect: {fa} vs {fb}");
     assert!(b.last_loss.expect("loss") < fb, "{b:?}");
 }
+
+/// SFT on chat data: the loss takes no gradient through a prompt position. Logits changed at
+/// every prompt position (and anywhere in the padding) leave the gradient at the answers
+/// bit-identical, and the gradient at the prompt positions is exactly zero.
+#[test]
+fn prompt_positions_carry_no_loss_and_no_gradient() {
+    use corenet_train::step::loss::lm_loss;
+    use tch::{Kind, Tensor};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = common::setup(dir.path());
+    let chats = dir.path().join("chat.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("the king {i} speaks of war?"), "completion": "the queen rises by night."})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&chats, lines.join("\n")).expect("chats");
+    let mut data = recipe(&base, &[]).data;
+    data.sources = vec![corenet_data::SourceConfig {
+        name: "chat".into(),
+        paths: vec![chats.display().to_string()],
+        template: Some(corenet_data::template::Template::Chat),
+        ..Default::default()
+    }];
+    data.mode = corenet_data::Mode::Corenet;
+    data.seq_len = 96;
+    data.corenet.min_characters = 1;
+    data.corenet.min_tokens = 2;
+    data.corenet.fix_text = false;
+    let mut stream = corenet_data::DataStream::open(&data, 0, 1, None).expect("stream");
+    let batch = stream.next().expect("a batch").expect("batch");
+    let pad = i64::from(
+        corenet_data::load_tokenizer(&data.tokenizer)
+            .expect("tokenizer")
+            .pad_id(),
+    );
+    let (b, t) = (batch.micro_batch as i64, batch.seq_len as i64);
+    let targets = Tensor::from_slice(&batch.targets_i64(pad)).view([b, t]);
+    let ignored = targets.eq(pad); // (B, T): prompt and padding
+    assert!(
+        ignored.any().int64_value(&[]) == 1 && ignored.logical_not().any().int64_value(&[]) == 1
+    );
+    let grad_of = |logits: Tensor| {
+        let leaf = logits.set_requires_grad(true);
+        lm_loss(&leaf, &targets, pad, 0.0).total.backward();
+        leaf.grad()
+    };
+    let logits = corenet_train::step::generator::seeded(3, || {
+        Tensor::randn([b, t, 320], (Kind::Float, tch::Device::Cpu))
+    });
+    let noise = Tensor::full([b, t, 320], 5.0, (Kind::Float, tch::Device::Cpu))
+        * ignored.unsqueeze(-1).to_kind(Kind::Float);
+    let (g, g_changed) = (grad_of(logits.copy()), grad_of(&logits + noise));
+    assert!(g.equal(&g_changed), "prompt logits changed the gradient");
+    let at_prompt = (&g * ignored.unsqueeze(-1).to_kind(Kind::Float))
+        .abs()
+        .sum(Kind::Float);
+    assert_eq!(at_prompt.double_value(&[]), 0.0);
+    assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
