@@ -237,6 +237,12 @@ fn print_stats(config: &DataConfig, report: &StatsReport) {
         total.add(s);
     }
     print_stats_row("total", &total);
+    if total.long_prompts > 0 {
+        println!(
+            "{} preference pairs skipped: prompt over max_prompt_tokens or filling the row",
+            thousands(total.long_prompts)
+        );
+    }
 }
 
 fn print_stats_row(name: &str, s: &corenet_data::SourceStats) {
