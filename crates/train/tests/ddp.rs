@@ -77,6 +77,55 @@ fn two_ranks_without_overlap_match_one_process() {
 /// equals one process with accumulation (adapters and moments within 1e-5). Dropout is off: its
 /// masks are drawn per rank and per micro-batch, so they differ between the two layouts by
 /// design.
+/// DPO on 2 ranks (each its own reference copy, after the broadcast) equals one process
+/// with the same global batch: same weights, same logged rewards.
+#[test]
+fn two_dpo_ranks_match_one_process() {
+    if std::env::var(ROLE_VAR).is_ok() {
+        return child();
+    }
+    let _machine = machine_shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tree = base(dir.path());
+    let pairs = dir.path().join("pairs.jsonl");
+    common::write_pairs(&pairs, 32);
+    tree["data"]["sources"] =
+        serde_json::json!([{ "name": "uf", "paths": [pairs], "template": "preference" }]);
+    tree["data"]["mode"] = serde_json::json!("pairs");
+    tree["data"]["seq_len"] = serde_json::json!(48);
+    tree["dpo"] = serde_json::json!({ "loss": "sigmoid", "beta": 0.5 });
+    let ddp_dir = dir.path().join("ddp");
+    let run_dir = format!("run.dir={}", ddp_dir.display());
+    let ddp = recipe_tree(&tree, &["data.workers=1", run_dir.as_str()]);
+    train_2_ranks(
+        "two_dpo_ranks_match_one_process",
+        dir.path(),
+        &ddp,
+        no_env,
+        6,
+    );
+    let single_dir = dir.path().join("single");
+    assert_eq!(train_one_process(&tree, &single_dir), 6);
+    let (a, b) = (newest_checkpoint(&ddp_dir), newest_checkpoint(&single_dir));
+    let diff = max_abs_diff(&a, &b, Part::Model);
+    assert!(diff <= 1e-5, "weights differ by {diff}");
+    let margins = |run: &Path| -> Vec<f64> {
+        read_metrics(run.join("metrics.jsonl"))
+            .expect("metrics")
+            .iter()
+            .map(|m| m.extras["rewards/margins"].as_f64().expect("margin"))
+            .collect()
+    };
+    let (m2, m1) = (margins(&ddp_dir), margins(&single_dir));
+    assert_eq!(m2.len(), 6);
+    for (x, y) in m2.iter().zip(&m1) {
+        assert!(
+            (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+            "margins {m2:?} vs {m1:?}"
+        );
+    }
+}
+
 #[test]
 fn two_peft_ranks_match_one_process() {
     if std::env::var(ROLE_VAR).is_ok() {

@@ -9,7 +9,6 @@ mod fine_tune;
 mod run_recipe;
 mod same_state;
 
-use std::io::Write;
 use std::path::Path;
 
 use corenet_train::log::metrics::read_metrics;
@@ -17,32 +16,12 @@ use corenet_train::{Recipe, Resume, Trainer};
 use fine_tune::{base_folder, error_of, options};
 use serde_json::{json, Value};
 
-/// Pairs whose chosen answer is always in one register and the rejected one in another, about
-/// varied prompts: a preference that carries over to prompts the run has not seen.
-fn write_pairs(path: &Path, n: usize) {
-    let nouns = [
-        "king", "queen", "lord", "lady", "river", "storm", "sword", "crown",
-    ];
-    let verbs = ["rises", "falls", "speaks", "dreams"];
-    let mut f = std::fs::File::create(path).expect("create");
-    for i in 0..n {
-        let (a, b) = (nouns[i % 8], nouns[(i / 8 + 3) % 8]);
-        let prompt = format!("what of the {a} and the {b}?");
-        let chosen = format!("the {a} {} in gold and love.", verbs[i % 4]);
-        let rejected = format!("war war storm {b} night night.");
-        let side = |answer: &str| json!([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]);
-        let record =
-            json!({"prompt": prompt, "chosen": side(&chosen), "rejected": side(&rejected)});
-        writeln!(f, "{record}").expect("write");
-    }
-}
-
 /// The synthetic setup turned into a DPO recipe tree on 64 pairs (4 pairs per step in two
 /// micro-batches of 2).
 fn dpo_tree(dir: &Path) -> Value {
     let mut tree = common::setup(dir);
     let pairs = dir.join("pairs.jsonl");
-    write_pairs(&pairs, 64);
+    common::write_pairs(&pairs, 64);
     tree["data"]["sources"] = json!([{ "name": "uf", "paths": [pairs], "template": "preference" }]);
     tree["data"]["mode"] = json!("pairs");
     tree["data"]["seq_len"] = json!(48);

@@ -83,3 +83,24 @@ pub fn setup(dir: &Path) -> Value {
         "logging": { "interval": 1, "tensorboard": true, "progress": false }
     })
 }
+
+/// Pairs whose chosen answer is always in one register and the rejected one in another, about
+/// varied prompts: a preference that carries over to prompts the run has not seen.
+#[allow(dead_code)] // the DPO tests'
+pub fn write_pairs(path: &Path, n: usize) {
+    let nouns = [
+        "king", "queen", "lord", "lady", "river", "storm", "sword", "crown",
+    ];
+    let verbs = ["rises", "falls", "speaks", "dreams"];
+    let mut f = std::fs::File::create(path).expect("create");
+    for i in 0..n {
+        let (a, b) = (nouns[i % 8], nouns[(i / 8 + 3) % 8]);
+        let prompt = format!("what of the {a} and the {b}?");
+        let chosen = format!("the {a} {} in gold and love.", verbs[i % 4]);
+        let rejected = format!("war war storm {b} night night.");
+        let side = |answer: &str| json!([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]);
+        let record =
+            json!({"prompt": prompt, "chosen": side(&chosen), "rejected": side(&rejected)});
+        writeln!(f, "{record}").expect("write");
+    }
+}
