@@ -11,6 +11,7 @@ use crate::piece::{corenet_next_start, corenet_piece_end, normalized_len, packed
 use crate::pipeline::Pipeline;
 use crate::read::{self, OpenSpec, Position, ReadItem, RecordReader, Stride};
 use crate::shard::Shard;
+use crate::source::ShardFile;
 use crate::state::SourceState;
 use crate::stats::SourceStats;
 use crate::template::Rendered;
@@ -361,12 +362,8 @@ impl SourceStream {
         if prompt <= limit {
             return Ok(true);
         }
-        let file = self
-            .plan
-            .as_ref()
-            .and_then(|plan| plan.get(self.state.file as usize))
-            .and_then(|&(file, _)| self.pipe.sources[self.index].files.get(file));
-        tracing::warn!(source = %self.pipe.sources[self.index].name, file = ?file.map(|f| &f.path), position = %rec.start, prompt_tokens = prompt, limit, "skipping a preference pair whose prompt is too long");
+        let file = self.current_file().map(|f| f.path.clone());
+        tracing::warn!(source = %self.pipe.sources[self.index].name, file = ?file, position = %rec.start, prompt_tokens = prompt, limit, "skipping a preference pair whose prompt is too long");
         self.stats.long_prompts += 1;
         Ok(false)
     }
@@ -416,12 +413,14 @@ impl SourceStream {
         if hold.is_empty() {
             return false;
         }
-        let file = self
-            .plan
-            .as_ref()
-            .and_then(|plan| plan.get(self.state.file as usize))
-            .and_then(|&(file, _)| source.files.get(file));
-        file.is_some_and(|file| hold.holds(&file.path, start))
+        self.current_file()
+            .is_some_and(|file| hold.holds(&file.path, start))
+    }
+
+    /// The file of the plan being read.
+    fn current_file(&self) -> Option<&ShardFile> {
+        let &(file, _) = self.plan.as_ref()?.get(self.state.file as usize)?;
+        self.pipe.sources[self.index].files.get(file)
     }
 
     fn skip_record(&mut self, e: Error) -> Result<()> {

@@ -98,33 +98,27 @@ impl Attention {
         if let Some(cache) = cache {
             (k, v) = cache.append(&k, &v); // (B, Hkv, S, D), S = offset + T
         }
-        let y = match mask.filter(|_| offset == 0) {
-            Some(mask) => self.attend_masked(&q, &k, &v, mask),
-            None => self.attend(&q, &k, &v, offset as i64),
-        }; // (B, Hq, T, D)
+        let mask = mask.filter(|_| offset == 0);
+        let y = self.attend(&q, &k, &v, offset as i64, mask); // (B, Hq, T, D)
         let y = y.transpose(1, 2).contiguous().view([b, t, hq * hd]); // (B, T, Hq * D)
         project(&y, &self.out_proj, self.out_adapter.as_ref())
-    }
-
-    /// [`Self::attend`] under an explicit (B, 1, T, T) mask instead of the causal one.
-    fn attend_masked(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
-        let group = self.query_heads / self.kv_heads;
-        let (k, v) = match group > 1 {
-            true => (
-                k.repeat_interleave_self_int(group, 1, None),
-                v.repeat_interleave_self_int(group, 1, None),
-            ), // (B, Hq, T, D)
-            false => (k.shallow_clone(), v.shallow_clone()),
-        };
-        Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false)
     }
 
     /// Scaled dot-product attention, causal, scale 1/sqrt(D); query head j reads KV head
     /// j / group (CoreNet's `repeat_interleave`). See [`native_gqa`] for how the KV heads are
     /// shared.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, offset: i64) -> Tensor {
+    /// `mask` (an uncached call's, (B, 1, T, T)) replaces the causal mask; the KV heads are
+    /// then materialised, as the fused GQA path is not known to take a mask.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: i64,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
         let group = self.query_heads / self.kv_heads;
-        let gqa = group > 1 && native_gqa(q.device());
+        let gqa = group > 1 && mask.is_none() && native_gqa(q.device());
         let (k, v) = if group > 1 && !gqa {
             (
                 k.repeat_interleave_self_int(group, 1, None),
@@ -137,6 +131,9 @@ impl Attention {
         let sdpa = |mask: Option<Tensor>, causal: bool| {
             Tensor::scaled_dot_product_attention(q, &k, &v, mask, 0.0, causal, None, gqa)
         };
+        if let Some(mask) = mask {
+            return sdpa(Some(mask.shallow_clone()), false);
+        }
         if offset == 0 {
             return sdpa(None, true);
         }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use corenet_train::log::metrics::read_metrics;
 use corenet_train::{Recipe, Resume, Trainer};
-use fine_tune::{base_folder, error_of, options};
+use fine_tune::{assert_base_unchanged, base_folder, error_of, options};
 use serde_json::{json, Value};
 
 /// The synthetic setup turned into a DPO recipe tree on 64 pairs (4 pairs per step in two
@@ -142,14 +142,7 @@ fn dpo_composes_with_lora_and_leaves_the_base_alone() {
     let (_vs, source) = base_folder(&r, &folder, 5);
     let mut trainer = Trainer::new(r, options(Resume::Fresh, Some(&folder), None)).expect("t");
     trainer.train().expect("train");
-    for ((name, ours), (_, file)) in trainer
-        .model()
-        .named_parameters()
-        .iter()
-        .zip(source.named_parameters())
-    {
-        assert!(ours.equal(&file), "base tensor {name} changed");
-    }
+    assert_base_unchanged(trainer.model(), &source);
     let metrics = read_metrics(dir.path().join("lora/metrics.jsonl")).expect("metrics");
     let (first, last) = (&metrics[0], &metrics[11]);
     assert!((first.loss - std::f64::consts::LN_2).abs() < 1e-6);

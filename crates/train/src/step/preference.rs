@@ -80,11 +80,6 @@ impl SequenceScores {
         let tokens = mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Float); // (B)
         SequenceScores { logps, tokens }
     }
-
-    /// The summed log-probabilities alone, detached (the reference model's).
-    pub fn detached_logps(&self) -> Tensor {
-        self.logps.detach()
-    }
 }
 
 /// One micro-batch's preference loss and what a step logs of it; all but `total` detached.

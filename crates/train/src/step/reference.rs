@@ -125,7 +125,7 @@ impl Reference {
         tch::no_grad(|| {
             let logits = self.model.forward(inputs)?; // (B, T, V)
             let scores = SequenceScores::from_logits(&logits, targets, ignore);
-            Ok(scores.detached_logps())
+            Ok(scores.logps.detach())
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Test support for the fine-tuning runs (PEFT, DPO): trainer options, an HF base folder shaped
-//! like a recipe's model, and the error of a trainer that must not be built.
+//! like a recipe's model, that its base stayed as it was, and the error of a trainer that must
+//! not be built.
 
 use std::path::Path;
 
@@ -29,6 +30,17 @@ pub fn base_folder(recipe: &Recipe, dir: &Path, seed: i64) -> (nn::VarStore, Ope
     });
     export_hf(&model, dir, None).expect("export");
     (vs, model)
+}
+
+/// Every base tensor of `trained` is bit-identical to `source`'s.
+pub fn assert_base_unchanged(trained: &OpenElm, source: &OpenElm) {
+    for ((name, ours), (_, file)) in trained
+        .named_parameters()
+        .iter()
+        .zip(source.named_parameters())
+    {
+        assert!(ours.equal(&file), "base tensor {name} changed");
+    }
 }
 
 pub fn error_of(result: corenet_train::Result<Trainer>) -> String {
