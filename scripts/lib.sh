@@ -269,6 +269,8 @@ ensure_reference_venv() {
     if [[ -x "$REF_VENV/bin/python" ]] && "$REF_VENV/bin/python" -c "$check" >/dev/null 2>&1; then
         ensure_export_clients
         ensure_tracking_clients
+        ensure_finetune_clients
+        ensure_storage_clients
         return 0
     fi
     [[ -x "$REF_VENV/bin/python" ]] || make_venv "$REF_VENV"
@@ -286,6 +288,7 @@ ensure_reference_venv() {
     ensure_export_clients
     ensure_tracking_clients
     ensure_finetune_clients
+    ensure_storage_clients
 }
 
 # The clients the exports are checked in (tests/export_clients.rs), none written here:
@@ -327,6 +330,18 @@ ensure_finetune_clients() {
     log "reference venv: the fine-tuning clients (${FINETUNE_CLIENTS[*]})"
     pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" \
         "transformers==5.24.0" "${FINETUNE_CLIENTS[@]}"
+}
+
+# The object store the remote sources are checked against: moto's S3 server on 127.0.0.1
+# (crates/data/tests/object_store.rs, tests/object_store_e2e.rs), and boto3, which moto brings,
+# to fill its buckets.
+STORAGE_CLIENTS=("moto[server]==5.2.5")
+ensure_storage_clients() {
+    if "$REF_VENV/bin/python" -c "import moto.server, boto3" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "reference venv: the object-store server (${STORAGE_CLIENTS[*]})"
+    pip_or_die "$REF_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "${STORAGE_CLIENTS[@]}"
 }
 
 ref_torch_installed() {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::remote::StorageConfig;
 use crate::template::Template;
 
 /// How documents become fixed-length rows.
@@ -137,6 +138,13 @@ pub struct DataConfig {
     /// the row length limits it. Left out of the resolved recipe when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_prompt_tokens: Option<usize>,
+    /// How `s3://`, `gs://`, `az://` and `https://` sources are reached (remote/).
+    #[serde(skip_serializing_if = "is_default_storage")]
+    pub storage: StorageConfig,
+}
+
+fn is_default_storage(s: &StorageConfig) -> bool {
+    *s == StorageConfig::default()
 }
 
 impl Default for DataConfig {
@@ -155,6 +163,7 @@ impl Default for DataConfig {
             max_piece_bytes: 16 * 1024,
             max_record_bytes: 256 * 1024 * 1024,
             max_prompt_tokens: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -184,6 +193,7 @@ impl DataConfig {
             return bad("corenet.document_split_size must be > 0".into());
         }
         self.validate_pairs()?;
+        self.storage.validate()?;
         let mut names = std::collections::HashSet::new();
         for s in &self.sources {
             s.validate()?;

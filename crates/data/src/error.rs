@@ -86,6 +86,15 @@ pub enum Error {
     #[error("data worker {worker} stopped unexpectedly")]
     WorkerGone { worker: usize },
 
+    /// An object store refused or failed a request (after retries, for transient failures).
+    /// The URL never carries a query string, so no presigned secret reaches a log.
+    #[error("{url}: {message}")]
+    Remote {
+        url: String,
+        message: String,
+        failure: RemoteFailure,
+    },
+
     /// A SentencePiece `tokenizer.model` is not a decodable `ModelProto` (truncated, not one).
     #[error("{path} at byte {offset}: not a valid SentencePiece model: {message}")]
     SentencePieceDecode {
@@ -112,7 +121,28 @@ impl Error {
     pub fn is_skippable(&self) -> bool {
         matches!(
             self,
-            Error::BadRecord { .. } | Error::CorruptFile { .. } | Error::Io { .. }
+            Error::BadRecord { .. }
+                | Error::CorruptFile { .. }
+                | Error::Io { .. }
+                | Error::Remote {
+                    failure: RemoteFailure::Unreachable | RemoteFailure::NotFound,
+                    ..
+                }
         )
     }
+}
+
+/// Why an object-store request failed, which decides whether its shard can be skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// Kept failing transiently (connection refused, timeouts, 5xx) for `retry_seconds`.
+    Unreachable,
+    /// No such object or bucket.
+    NotFound,
+    /// Missing or refused credentials.
+    Denied,
+    /// The object changed while the run read it (its ETag no longer matches).
+    Changed,
+    /// A URL or setting the store cannot use, or an answer that is not a shard.
+    Config,
 }

@@ -72,6 +72,7 @@ pub fn for_each_document(
     source: &Source,
     filter: DocumentFilter,
     max_record_bytes: usize,
+    storage: &crate::remote::StorageConfig,
     mut visit: impl FnMut(&str) -> Result<bool>,
 ) -> Result<u64> {
     let mut bad = 0;
@@ -83,6 +84,7 @@ pub fn for_each_document(
             template: source.template,
             stride: Stride::ALL,
             max_record_bytes,
+            storage,
         };
         let mut reader = read::open(&spec, Position::start(file.format))?;
         while let Some(item) = reader.next_item()? {

@@ -21,7 +21,7 @@ impl Pipeline {
         let sources = config
             .sources
             .iter()
-            .map(Source::resolve)
+            .map(|s| Source::resolve(s, &config.storage))
             .collect::<Result<Vec<_>>>()?;
         let pad = tokenizer.pad_id();
         if [tokenizer.bos_id(), tokenizer.eos_id()].contains(&pad) {

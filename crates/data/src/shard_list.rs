@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::DataConfig;
 use crate::error::{Error, Result};
+use crate::remote::{is_url, RemoteObject, StorageConfig};
 use crate::source::Source;
 
 /// Bytes hashed at each end of a file.
@@ -36,27 +37,46 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    /// Size and fingerprint of `path` now.
-    pub fn of(path: &Path) -> Result<FileStamp> {
+    /// Size and fingerprint of `path` now. An object on a store is fingerprinted by its
+    /// ETag (and version), which changes with any byte of it; a store that reports neither
+    /// gets the sampled hash, read by ranged requests.
+    pub fn of(path: &Path, storage: &StorageConfig) -> Result<FileStamp> {
+        if is_url(path) {
+            let object = RemoteObject::open(&path.to_string_lossy(), storage)?;
+            let fingerprint = match object.identity() {
+                Some(id) => id,
+                None => sampled_hash(&mut object.cursor(0), object.size())
+                    .map_err(|e| Error::io(path, e))?,
+            };
+            return Ok(FileStamp {
+                path: path.to_path_buf(),
+                size: object.size(),
+                fingerprint,
+            });
+        }
         let io = |e| Error::io(path, e);
         let mut file = File::open(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        let mut hash = Sha256::new();
-        if size <= 2 * SAMPLE_BYTES {
-            hash_from(&mut hash, &mut file, size).map_err(io)?;
-        } else {
-            hash_from(&mut hash, &mut file, SAMPLE_BYTES).map_err(io)?;
-            file.seek(SeekFrom::Start(size - SAMPLE_BYTES))
-                .map_err(io)?;
-            hash_from(&mut hash, &mut file, SAMPLE_BYTES).map_err(io)?;
-        }
-        let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(FileStamp {
             path: path.to_path_buf(),
             size,
-            fingerprint: format!("sha256:{hex}"),
+            fingerprint: sampled_hash(&mut file, size).map_err(io)?,
         })
     }
+}
+
+/// `sha256:` and the hex digest of the first and last [`SAMPLE_BYTES`] of a `size`-byte file.
+fn sampled_hash(file: &mut (impl Read + Seek), size: u64) -> std::io::Result<String> {
+    let mut hash = Sha256::new();
+    if size <= 2 * SAMPLE_BYTES {
+        hash_from(&mut hash, file, size)?;
+    } else {
+        hash_from(&mut hash, file, SAMPLE_BYTES)?;
+        file.seek(SeekFrom::Start(size - SAMPLE_BYTES))?;
+        hash_from(&mut hash, file, SAMPLE_BYTES)?;
+    }
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
 }
 
 /// Feeds the next `len` bytes of `reader` (fewer if it ends first) to `hash`.
@@ -84,14 +104,14 @@ pub struct ShardList {
 
 impl ShardList {
     /// Stamps every file of already resolved sources.
-    pub fn of(sources: &[Source]) -> Result<ShardList> {
+    pub fn of(sources: &[Source], storage: &StorageConfig) -> Result<ShardList> {
         let sources = sources
             .iter()
             .map(|s| {
                 let files = s
                     .files
                     .iter()
-                    .map(|f| FileStamp::of(&f.path))
+                    .map(|f| FileStamp::of(&f.path, storage))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(SourceFiles {
                     source: s.name.clone(),
@@ -108,9 +128,9 @@ impl ShardList {
         let sources = config
             .sources
             .iter()
-            .map(Source::resolve)
+            .map(|s| Source::resolve(s, &config.storage))
             .collect::<Result<Vec<_>>>()?;
-        Self::of(&sources)
+        Self::of(&sources, &config.storage)
     }
 
     /// The files of `source` (none when it is not in this list).
@@ -242,23 +262,28 @@ mod tests {
         let path = dir.path().join("f.bin");
         let mut bytes = vec![7u8; 3 * SAMPLE_BYTES as usize];
         std::fs::write(&path, &bytes).expect("write");
-        let a = FileStamp::of(&path).expect("stamp");
+        let a = FileStamp::of(&path, &StorageConfig::default()).expect("stamp");
         // The middle is not sampled: same stamp.
         bytes[SAMPLE_BYTES as usize + 10] = 8;
         std::fs::write(&path, &bytes).expect("write");
-        assert_eq!(FileStamp::of(&path).expect("stamp"), a);
+        assert_eq!(
+            FileStamp::of(&path, &StorageConfig::default()).expect("stamp"),
+            a
+        );
         // The tail is.
         *bytes.last_mut().expect("bytes") = 9;
         std::fs::write(&path, &bytes).expect("write");
-        let b = FileStamp::of(&path).expect("stamp");
+        let b = FileStamp::of(&path, &StorageConfig::default()).expect("stamp");
         assert_eq!(b.size, a.size);
         assert_ne!(b.fingerprint, a.fingerprint);
         // A small file is hashed whole.
         std::fs::write(&path, b"abc").expect("write");
-        let c = FileStamp::of(&path).expect("stamp");
+        let c = FileStamp::of(&path, &StorageConfig::default()).expect("stamp");
         std::fs::write(&path, b"abd").expect("write");
         assert_ne!(
-            FileStamp::of(&path).expect("stamp").fingerprint,
+            FileStamp::of(&path, &StorageConfig::default())
+                .expect("stamp")
+                .fingerprint,
             c.fingerprint
         );
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::config::{LossOn, SourceConfig};
 use crate::error::{Error, Result};
 use crate::format::Format;
+use crate::remote::{self, Scheme, StorageConfig};
 use crate::template::Template;
 
 /// One shard file of a source.
@@ -29,11 +30,20 @@ pub struct Source {
 }
 
 impl Source {
-    /// Expands the config's paths and globs; errors when nothing matches.
-    pub fn resolve(cfg: &SourceConfig) -> Result<Source> {
+    /// Expands the config's paths and globs (local, or URLs listed on their store through
+    /// `storage`); errors when nothing matches.
+    pub fn resolve(cfg: &SourceConfig, storage: &StorageConfig) -> Result<Source> {
         cfg.validate()?;
         let mut paths = Vec::new();
         for pattern in &cfg.paths {
+            if Scheme::of(pattern).is_some() {
+                paths.extend(
+                    remote::expand(pattern, storage)?
+                        .into_iter()
+                        .map(PathBuf::from),
+                );
+                continue;
+            }
             let glob_err = |message: String| Error::Glob {
                 source_name: cfg.name.clone(),
                 pattern: pattern.clone(),

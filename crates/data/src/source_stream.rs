@@ -389,6 +389,7 @@ impl SourceStream {
             template: source.template,
             stride,
             max_record_bytes: pipe.config.max_record_bytes,
+            storage: &pipe.config.storage,
         };
         let at = self
             .state

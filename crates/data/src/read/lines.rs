@@ -4,12 +4,12 @@
 //! seek, so they are reopened and the saved number of *decompressed* bytes is skipped without
 //! parsing; that decompression is the one unavoidable re-read.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::{
-    bad_record, corrupt, extract_text, OpenSpec, Position, ReadItem, Record, RecordReader, Stride,
+    bad_record, corrupt, extract_text, OpenSpec, Position, ReadItem, Record, RecordReader,
+    ShardBytes, Stride,
 };
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -34,8 +34,8 @@ impl LineReader {
     /// Opens `spec.path` positioned at line `line`, decompressed byte `byte`.
     pub fn open(spec: &OpenSpec<'_>, line: u64, byte: u64) -> Result<Self> {
         let path = spec.path;
-        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let bytes = ShardBytes::open(path, spec.storage)?;
+        let len = bytes.size(path)?;
         if len == 0 {
             return Err(corrupt(
                 path,
@@ -44,12 +44,12 @@ impl LineReader {
             ));
         }
         let input: Box<dyn BufRead + Send> = match spec.format {
-            Format::Jsonl => {
-                file.seek(SeekFrom::Start(byte))
-                    .map_err(|e| Error::io(path, e))?;
-                Box::new(BufReader::with_capacity(BUF_BYTES, file))
-            }
+            Format::Jsonl => Box::new(BufReader::with_capacity(
+                BUF_BYTES,
+                bytes.reader_at(path, byte)?,
+            )),
             Format::JsonlZst => {
+                let file = bytes.reader_at(path, 0)?;
                 let dec = zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))?;
                 skip_decompressed(
                     path,
@@ -59,6 +59,7 @@ impl LineReader {
                 )?
             }
             _ => {
+                let file = bytes.reader_at(path, 0)?;
                 let dec = flate2::read::MultiGzDecoder::new(BufReader::new(file));
                 skip_decompressed(
                     path,

@@ -4,6 +4,7 @@
 mod json_key;
 mod lines;
 mod parquet;
+mod shard_bytes;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use self::json_key::extract_text;
+pub use self::shard_bytes::ShardBytes;
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::template::Template;
@@ -104,6 +106,8 @@ pub struct OpenSpec<'a> {
     pub template: Option<Template>,
     pub stride: Stride,
     pub max_record_bytes: usize,
+    /// How a URL path is reached.
+    pub storage: &'a crate::remote::StorageConfig,
 }
 
 /// Opens a shard positioned at `at` (the start of a record previously returned).

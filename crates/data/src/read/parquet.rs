@@ -1,7 +1,6 @@
 //! Parquet reader: reads one row group at a time, projected to the text column, in small
 //! record batches, so memory stays bounded by one batch of rows.
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -11,15 +10,17 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 
-use super::{bad_record, corrupt, OpenSpec, Position, ReadItem, Record, RecordReader, Stride};
-use crate::error::{Error, Result};
+use super::{
+    bad_record, corrupt, OpenSpec, Position, ReadItem, Record, RecordReader, ShardBytes, Stride,
+};
+use crate::error::Result;
 
 const BATCH_ROWS: usize = 256;
 
 /// Streaming reader of one text column.
 pub struct ParquetReader {
     path: PathBuf,
-    file: File,
+    file: ShardBytes,
     meta: ArrowReaderMetadata,
     mask: ProjectionMask,
     /// Row groups still to read, in order.
@@ -45,7 +46,7 @@ impl ParquetReader {
     pub fn open(spec: &OpenSpec<'_>, row_group: u64, row: u64) -> Result<Self> {
         let path = spec.path;
         let start = Position::Row { row_group, row };
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = ShardBytes::open(path, spec.storage)?;
         let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| corrupt(path, start, e))?;
         let col = meta
@@ -88,10 +89,7 @@ impl ParquetReader {
             row_group: group as u64,
             row: offset,
         };
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| Error::io(&self.path, e))?;
+        let file = self.file.try_clone(&self.path)?;
         let batches = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
             .with_projection(self.mask.clone())
             .with_row_groups(vec![group])

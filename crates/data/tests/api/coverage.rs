@@ -54,10 +54,10 @@ fn held_back_documents_are_never_trained_on() {
     let tok = tokenizer();
     for (mut src, expected) in sources {
         src.hold_back = 0.25;
-        let resolved = Source::resolve(&src).expect("resolve");
+        let resolved = Source::resolve(&src, &Default::default()).expect("resolve");
         let mut held = Vec::new();
         let hold = DocumentFilter::HeldBack(HoldBack::new(src.hold_back));
-        for_each_document(&resolved, hold, 1 << 20, |text| {
+        for_each_document(&resolved, hold, 1 << 20, &Default::default(), |text| {
             held.push(text.to_string());
             Ok(true)
         })

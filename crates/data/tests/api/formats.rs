@@ -53,6 +53,7 @@ fn read_all(path: &Path, format: Format, key: &str) -> Vec<String> {
         template: None,
         stride: Stride::ALL,
         max_record_bytes: 1 << 20,
+        storage: &Default::default(),
     };
     let mut r = read::open(&spec, Position::start(format)).expect("open");
     let mut out = Vec::new();
@@ -96,6 +97,7 @@ fn reader_resumes_at_saved_position() {
             template: None,
             stride: Stride::ALL,
             max_record_bytes: 1 << 20,
+            storage: &Default::default(),
         };
         let all = read_all(&path, format, key);
         let mut r = read::open(&spec, Position::start(format)).expect("open");

@@ -76,7 +76,7 @@ pub fn dry_run(recipe: &Recipe, world_size: usize) -> Result<DryRunReport> {
 fn check_shards(recipe: &Recipe) -> Result<Vec<(String, usize)>> {
     let mut checked = Vec::new();
     for (i, config) in recipe.data.sources.iter().enumerate() {
-        let source = Source::resolve(config)?;
+        let source = Source::resolve(config, &recipe.data.storage)?;
         for file in &source.files {
             let spec = OpenSpec {
                 path: &file.path,
@@ -85,6 +85,7 @@ fn check_shards(recipe: &Recipe) -> Result<Vec<(String, usize)>> {
                 template: source.template,
                 stride: Stride::ALL,
                 max_record_bytes: recipe.data.max_record_bytes,
+                storage: &recipe.data.storage,
             };
             let mut reader = read::open(&spec, Position::start(file.format))?;
             let bad = |reason: String| {

@@ -37,12 +37,12 @@ pub fn build_sets(recipe: &Recipe, tokenizer: &dyn TextTokenizer) -> Result<Vec<
     let training = training_files(recipe)?;
     let mut sets = Vec::new();
     for config in eval.held_back_sources(&recipe.data) {
-        let source = Source::resolve(config)?;
+        let source = Source::resolve(config, &recipe.data.storage)?;
         let filter = DocumentFilter::HeldBack(HoldBack::new(config.hold_back));
         sets.push(build_set(recipe, tokenizer, &source, filter)?);
     }
     for (i, config) in eval.sources.iter().enumerate() {
-        let source = Source::resolve(&config.as_source())
+        let source = Source::resolve(&config.as_source(), &recipe.data.storage)
             .map_err(|e| Error::config(format!("eval.sources.{i}.paths"), e.to_string()))?;
         if let Some((file, owner)) = source
             .files
@@ -66,7 +66,7 @@ pub fn build_sets(recipe: &Recipe, tokenizer: &dyn TextTokenizer) -> Result<Vec<
 fn training_files(recipe: &Recipe) -> Result<BTreeMap<PathBuf, String>> {
     let mut files = BTreeMap::new();
     for config in &recipe.data.sources {
-        for file in Source::resolve(config)?.files {
+        for file in Source::resolve(config, &recipe.data.storage)?.files {
             files.insert(file.path, config.name.clone());
         }
     }
@@ -83,13 +83,19 @@ fn build_set(
     let wanted = corenet_eval::ids_for_sequences(recipe.eval.sequences, seq_len);
     let mut stream: Vec<i64> = Vec::with_capacity(wanted);
     let mut documents = 0usize;
-    let bad = for_each_document(source, filter, recipe.data.max_record_bytes, |text| {
-        stream.push(i64::from(tokenizer.bos_id()));
-        stream.extend(tokenizer.encode(text)?.into_iter().map(i64::from));
-        stream.push(i64::from(tokenizer.eos_id()));
-        documents += 1;
-        Ok(stream.len() < wanted)
-    })?;
+    let bad = for_each_document(
+        source,
+        filter,
+        recipe.data.max_record_bytes,
+        &recipe.data.storage,
+        |text| {
+            stream.push(i64::from(tokenizer.bos_id()));
+            stream.extend(tokenizer.encode(text)?.into_iter().map(i64::from));
+            stream.push(i64::from(tokenizer.eos_id()));
+            documents += 1;
+            Ok(stream.len() < wanted)
+        },
+    )?;
     stream.truncate(wanted);
     let windows = corenet_eval::windows(stream.len(), seq_len);
     if windows.is_empty() {
