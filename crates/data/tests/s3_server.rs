@@ -14,13 +14,7 @@ pub const SECRET_KEY: &str = "corenet-test-secret-DO-NOT-LOG";
 /// The reference venv's python when it has moto's server and boto3; None (the caller skips)
 /// without it, unless CORENET_REQUIRE_REFERENCE makes that a failure.
 pub fn moto_python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = [
-        root.join(".venv-ref/bin/python"),
-        root.join("../../.venv-ref/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())?;
+    let python = workspace_root().join(".venv-ref/bin/python");
     let ok = Command::new(&python)
         .args(["-c", "import moto.server, boto3"])
         .output()
@@ -37,13 +31,17 @@ pub fn moto_python() -> Option<PathBuf> {
     None
 }
 
-/// The repository's `scripts/` folder.
+/// The workspace root, from the crate this file is compiled into (crates/data or tests).
+fn workspace_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.ancestors()
+        .find(|d| d.join("scripts/s3_fill.py").is_file())
+        .unwrap_or(dir)
+        .to_path_buf()
+}
+
 fn scripts() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join("scripts"), root.join("../../scripts")]
-        .into_iter()
-        .find(|p| p.join("s3_fill.py").is_file())
-        .unwrap_or_else(|| root.join("scripts"))
+    workspace_root().join("scripts")
 }
 
 /// A running server; stopped when dropped.

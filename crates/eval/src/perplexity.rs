@@ -51,6 +51,8 @@ pub fn shard_tokens(
         template: None,
         stride: Stride::ALL,
         max_record_bytes: 256 * 1024 * 1024,
+        // A URL shard is reached with the environment's endpoint and credentials.
+        storage: &Default::default(),
     };
     let mut reader = open(&spec, Position::start(format))?;
     let (mut documents, mut ids) = (0, Vec::new());

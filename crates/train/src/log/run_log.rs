@@ -520,6 +520,15 @@ impl RunLog {
                 .with_extra("logps/rejected", p.logps_rejected),
             None => record,
         };
+        // This process's object-store traffic so far (none for local shards).
+        let remote = corenet_data::remote_totals();
+        let record = match remote.requests {
+            0 => record,
+            _ => record
+                .with_extra("data_remote_requests", remote.requests)
+                .with_extra("data_remote_retries", remote.retries)
+                .with_extra("data_remote_bytes", remote.bytes),
+        };
         let record = match &self.mlflow {
             Some(sink) => {
                 let stats = sink.stats();

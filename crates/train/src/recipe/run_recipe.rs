@@ -183,6 +183,20 @@ impl Recipe {
         }
         for (i, source) in self.data.sources.iter().enumerate() {
             for pattern in &source.paths {
+                let key = || format!("data.sources.{i}.paths");
+                if corenet_data::remote::is_url(std::path::Path::new(pattern)) {
+                    // Listed (or HEADed) now: a missing bucket, object or credential stops
+                    // the run before its first step.
+                    let urls = corenet_data::remote::expand(pattern, &self.data.storage)
+                        .map_err(|e| Error::config(key(), e.to_string()))?;
+                    if urls.is_empty() {
+                        return Err(Error::config(
+                            key(),
+                            format!("`{pattern}` matches no object"),
+                        ));
+                    }
+                    continue;
+                }
                 let matched = glob::glob(pattern)
                     .map_err(|e| {
                         Error::config(
