@@ -124,6 +124,27 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// Runs `code` with `s3`, a boto3 client of this server, in scope; returns its stdout.
+    pub fn boto3(&self, code: &str) -> String {
+        let program = format!(
+            "import boto3, hashlib, sys\ns3 = boto3.client('s3', endpoint_url={:?}, region_name='us-east-1')\n{code}",
+            self.endpoint()
+        );
+        let out = Command::new(&self.python)
+            .args(["-c", &program])
+            .envs(credentials())
+            .output()
+            .expect("run boto3");
+        assert!(
+            out.status.success(),
+            "boto3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();

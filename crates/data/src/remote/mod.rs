@@ -7,6 +7,7 @@
 //! they must be opened differently.
 
 mod listing;
+mod object_folder;
 mod object_url;
 mod remote_object;
 mod request_retry;
@@ -16,6 +17,7 @@ mod store;
 use std::path::Path;
 
 pub use self::listing::expand;
+pub use self::object_folder::ObjectFolder;
 pub use self::object_url::{ObjectUrl, Scheme};
 pub use self::remote_object::{ObjectCursor, RemoteObject};
 pub use self::request_retry::{remote_totals, RemoteTotals};

@@ -9,6 +9,7 @@
 pub mod average;
 pub mod contents;
 pub(crate) mod data_files;
+pub(crate) mod mirror;
 pub mod rank_parts;
 pub mod resume;
 pub mod run_lock;
@@ -18,6 +19,7 @@ pub mod store;
 pub(crate) mod writer;
 
 pub use contents::{TrainState, MODEL_CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+pub use mirror::MirrorRecord;
 pub use resume::Resume;
 pub use store::CheckpointStore;
 pub use writer::{CheckpointFault, FaultKind, SaveRecord};

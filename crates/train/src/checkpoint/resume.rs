@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use corenet_data::StreamState;
 
+use corenet_data::remote::ObjectFolder;
+
 use crate::checkpoint::contents::TrainState;
+use crate::checkpoint::mirror::fetch_newest;
 use crate::checkpoint::store::{CheckpointStore, InvalidCheckpoint};
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
@@ -49,7 +52,11 @@ pub(crate) fn check_resume_path(resume: &Resume) -> Result<()> {
 }
 
 /// The checkpoint directory to resume from, if any.
-fn resolve_resume(store: &CheckpointStore, resume: &Resume) -> Result<Option<PathBuf>> {
+fn resolve_resume(
+    store: &CheckpointStore,
+    resume: &Resume,
+    mirror: Option<&ObjectFolder>,
+) -> Result<Option<PathBuf>> {
     match resume {
         Resume::Fresh => {
             let scan = store.scan()?;
@@ -67,6 +74,13 @@ fn resolve_resume(store: &CheckpointStore, resume: &Resume) -> Result<Option<Pat
         Resume::Auto => {
             let scan = store.scan()?;
             let Some(valid) = scan.valid else {
+                if let Some(dir) = mirror
+                    .map(|m| fetch_newest(m, store))
+                    .transpose()?
+                    .flatten()
+                {
+                    return Ok(Some(dir));
+                }
                 if scan.invalid.is_empty() {
                     tracing::info!(dir = %store.root().display(), "no checkpoint to resume from; starting fresh");
                     return Ok(None);
@@ -110,8 +124,9 @@ fn agree_resume(
     dp: &DataParallel,
     store: &CheckpointStore,
     resume: &Resume,
+    mirror: Option<&ObjectFolder>,
 ) -> Result<Option<PathBuf>> {
-    let choice = (dp.rank() == 0).then(|| resolve_resume(store, resume));
+    let choice = (dp.rank() == 0).then(|| resolve_resume(store, resume, mirror));
     let encoded = choice.as_ref().map(|c| match c {
         Ok(dir) => dir
             .as_ref()
@@ -178,15 +193,17 @@ fn rank_data_state(
 }
 
 /// The checkpoint this process resumes from, if any: its own choice in a single process,
-/// rank 0's shared choice in a data-parallel run.
+/// rank 0's shared choice in a data-parallel run. With a `mirror`, `--resume auto` on a
+/// machine without checkpoints fetches the newest one the mirror holds.
 pub(crate) fn choose_checkpoint(
     store: &CheckpointStore,
     resume: &Resume,
     dp: Option<&DataParallel>,
+    mirror: Option<&ObjectFolder>,
 ) -> Result<Option<PathBuf>> {
     match dp {
-        None => resolve_resume(store, resume),
-        Some(dp) => agree_resume(dp, store, resume),
+        None => resolve_resume(store, resume, mirror),
+        Some(dp) => agree_resume(dp, store, resume, mirror),
     }
 }
 

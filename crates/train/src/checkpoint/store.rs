@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 
 pub use corenet_model::manifest::{FileDigest, Manifest, MANIFEST_FILE, MANIFEST_FORMAT_VERSION};
 
-const STEP_PREFIX: &str = "step-";
+pub(crate) const STEP_PREFIX: &str = "step-";
 const TMP_PREFIX: &str = ".tmp-step-";
 const OLD_PREFIX: &str = ".old-step-";
 /// Where checkpoints that fail verification are moved (never deleted).

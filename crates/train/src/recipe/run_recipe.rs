@@ -82,6 +82,10 @@ impl Recipe {
             .map_err(|e| Error::config("data", e.to_string()))?;
         self.optimizer.validate()?;
         self.schedule.validate()?;
+        if let Some(url) = &self.checkpoint.mirror {
+            corenet_data::remote::ObjectUrl::parse(url)
+                .map_err(|e| Error::config("checkpoint.mirror", e.to_string()))?;
+        }
         self.eval.validate(&self.data)?;
         if let Some(peft) = &self.peft {
             peft.validate().map_err(|e| match e {

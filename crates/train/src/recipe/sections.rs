@@ -132,6 +132,11 @@ pub struct CheckpointConfig {
     /// host memory, then trains on while the files are written, hashed and fsynced. One save
     /// is in flight at a time (the next waits for it); the run's end and SIGTERM wait for it.
     pub background: bool,
+    /// Copy every committed checkpoint to this object-store folder (`s3://bucket/runs/NAME/`,
+    /// reached with `data.storage`), keeping `keep_last` there too; `--resume auto` fetches
+    /// the newest copy when the machine has no checkpoint of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 impl Default for CheckpointConfig {
@@ -141,6 +146,7 @@ impl Default for CheckpointConfig {
             keep_last: 3,
             dir: None,
             background: false,
+            mirror: None,
         }
     }
 }

@@ -29,11 +29,13 @@ use corenet_model::{AdapterRecord, OpenElm, PeftConfig};
 
 use crate::checkpoint::contents::{TokenizerFile, TrainState};
 use crate::checkpoint::data_files::agree_data_files;
+use crate::checkpoint::mirror::Mirror;
 use crate::checkpoint::resume::{check_resume_path, choose_checkpoint, restore, Resume};
 use crate::checkpoint::run_lock::RunLock;
 use crate::checkpoint::save::{start_save, SaveParts};
 use crate::checkpoint::store::CheckpointStore;
 use crate::checkpoint::writer::{CheckpointFault, CheckpointWriter, Peers, SaveRecord};
+use crate::checkpoint::MirrorRecord;
 use crate::dist::launcher_env::{rank_device, trainer_env};
 use crate::dist::{DataParallel, DistEnv};
 use crate::error::{Error, Result};
@@ -50,6 +52,7 @@ use crate::step::train_step::{
     dropout_seed, optimizer_step, values, NoPhases, StepInput, StepParts, StepSettings,
 };
 use crate::validate::{build_sets, Validator};
+use corenet_data::remote::ObjectFolder;
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -157,6 +160,8 @@ pub struct Trainer {
     store: CheckpointStore,
     /// Writes (and, with `checkpoint.background`, in the background) every checkpoint.
     writer: CheckpointWriter,
+    /// Rank 0's uploader of committed checkpoints (`checkpoint.mirror`).
+    mirror: Option<Mirror>,
     /// A background save that failed in a data-parallel run: this rank votes to stop, and the
     /// error ends the run once every rank has stopped.
     save_failed: Option<Error>,
@@ -241,7 +246,11 @@ impl Trainer {
             true => (CheckpointStore::unopened(checkpoint_dir, keep), None),
             false => {
                 let store = CheckpointStore::new(checkpoint_dir, keep)?;
-                let dir = choose_checkpoint(&store, &options.resume, dp.as_ref())?;
+                let folder = match (&recipe.checkpoint.mirror, rank) {
+                    (Some(url), 0) => Some(ObjectFolder::open(url, &recipe.data.storage)?),
+                    _ => None,
+                };
+                let dir = choose_checkpoint(&store, &options.resume, dp.as_ref(), folder.as_ref())?;
                 (store, dir)
             }
         };
@@ -386,7 +395,12 @@ impl Trainer {
             None => None,
         };
         let writer = CheckpointWriter::new(store.clone(), peers, recipe.checkpoint.background);
+        let mirror = match (&recipe.checkpoint.mirror, rank == 0 && !options.dry_run) {
+            (Some(url), true) => Some(Mirror::new(url, &recipe.data.storage, keep)?),
+            _ => None,
+        };
         Ok(Trainer {
+            mirror,
             lagged: recipe
                 .trainer
                 .lagged_reads
@@ -460,6 +474,7 @@ impl Trainer {
         if let Some(e) = self.save_failed.take() {
             outcome = Err(e);
         }
+        log_mirror(self.mirror.as_mut().and_then(Mirror::wait));
         let (status, last) = match &outcome {
             Ok(s) if s.interrupted => (RunStatus::Killed, None),
             Ok(s) => (RunStatus::Finished, Some(self.store.dir_for(s.final_step))),
@@ -695,6 +710,8 @@ impl Trainer {
     pub fn save(&mut self) -> Result<()> {
         let began = Instant::now();
         self.complete_save()?;
+        // The copy in flight reads a local checkpoint that this save's pruning may remove.
+        log_mirror(self.mirror.as_mut().and_then(Mirror::wait));
         self.state.elapsed_s = self.log.elapsed_s();
         let step = self.state.step;
         let validation_loss = self
@@ -754,7 +771,13 @@ impl Trainer {
 
     fn record_save(&mut self, done: Result<SaveRecord>) -> Result<()> {
         match done {
-            Ok(record) => self.log.checkpoint(&record),
+            Ok(record) => {
+                if let Some(mirror) = &mut self.mirror {
+                    let previous = mirror.push(record.step, self.store.dir_for(record.step));
+                    log_mirror(previous);
+                }
+                self.log.checkpoint(&record)
+            }
             Err(e) => {
                 let step = match &e {
                     Error::CheckpointWrite { step, .. } => *step,
@@ -764,6 +787,20 @@ impl Trainer {
                 Err(e)
             }
         }
+    }
+}
+
+/// Logs a finished checkpoint copy. A failed copy does not stop the run: the local checkpoint
+/// is intact, and the next save tries again with a newer one.
+fn log_mirror(done: Option<Result<MirrorRecord>>) {
+    match done {
+        Some(Ok(m)) => {
+            tracing::info!(step = m.step, url = %m.url, files = m.files, bytes = m.bytes, seconds = m.seconds, pruned = ?m.pruned, "checkpoint mirrored")
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the checkpoint could not be mirrored; the local copy stands")
+        }
+        None => {}
     }
 }
 
