@@ -23,7 +23,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 #[path = "../tests/s3_server.rs"]
 mod s3_server;
 
-const TARGET_BYTES: usize = 2 * 1024 * 1024;
+// 8 MiB: enough that a stream's start (a listing, then a HEAD and a first GET per shard when
+// the shards are on a store) weighs little against its steady state, as in a real run.
+const TARGET_BYTES: usize = 8 * 1024 * 1024;
 const SEQ_LEN: usize = 2048;
 const MICRO_BATCH: usize = 4;
 
@@ -155,6 +157,17 @@ fn drain(
         .sum()
 }
 
+fn tokens_per_s(pass: impl FnOnce() -> usize) -> f64 {
+    let start = std::time::Instant::now();
+    let tokens = pass();
+    tokens as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn bench(c: &mut Criterion) {
     let fx = fixture();
     let mut g = c.benchmark_group("tokens");
@@ -189,6 +202,22 @@ fn bench(c: &mut Criterion) {
             g.bench_function(format!("pipeline_s3/{threads}"), |b| {
                 b.iter(|| drain(&fx, source.clone(), storage.clone(), threads))
             });
+        }
+        // The VM's speed drifts between criterion's groups; passes that alternate disk and
+        // bucket see the same drift, so their ratio is the one to read.
+        for threads in [1, 2] {
+            let (mut disk, mut bucket) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                disk.push(tokens_per_s(|| pipeline(&fx, threads)));
+                bucket.push(tokens_per_s(|| drain(&fx, source.clone(), storage.clone(), threads)));
+            }
+            let (disk, bucket) = (median(disk), median(bucket));
+            eprintln!(
+                "paired/{threads}: disk {:.0} tok/s, bucket {:.0} tok/s, bucket/disk {:.1} %",
+                disk,
+                bucket,
+                100.0 * bucket / disk
+            );
         }
     }
     g.finish();

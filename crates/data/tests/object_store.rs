@@ -9,7 +9,7 @@ mod common;
 mod s3_server;
 
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use corenet_data::{
@@ -29,6 +29,12 @@ fn export_credentials() {
             std::env::set_var(k, v);
         }
     });
+}
+
+/// The tests run one at a time, so that each reads the process-wide request counters alone.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn server() -> Option<S3Server> {
@@ -77,6 +83,7 @@ fn same(a: &[Batch], b: &[Batch], what: &str) {
 
 #[test]
 fn a_bucket_streams_what_the_disk_streams_and_resumes_exactly() {
+    let _serial = serial();
     let Some(server) = server() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let sources = vec![
@@ -101,6 +108,7 @@ fn a_bucket_streams_what_the_disk_streams_and_resumes_exactly() {
 
 #[test]
 fn the_server_going_down_mid_shard_loses_and_repeats_nothing() {
+    let _serial = serial();
     let Some(mut server) = server() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     // One shard of ~100 blocks, read by one worker that prefetches one batch.
@@ -139,6 +147,7 @@ fn the_server_going_down_mid_shard_loses_and_repeats_nothing() {
 
 #[test]
 fn a_changed_object_is_reported_on_resume() {
+    let _serial = serial();
     let Some(server) = server() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let source = write_source(dir.path(), "rp", Kind::Jsonl, 2, 8, 20).0;
@@ -195,6 +204,7 @@ fn one_source(paths: &str, storage: StorageConfig) -> DataConfig {
 
 #[test]
 fn a_missing_bucket_or_object_is_a_clear_error_before_any_batch() {
+    let _serial = serial();
     let Some(server) = server() else { return };
     let storage = StorageConfig {
         endpoint: Some(server.endpoint()),
@@ -236,6 +246,7 @@ fn a_missing_bucket_or_object_is_a_clear_error_before_any_batch() {
 
 #[test]
 fn an_unreachable_endpoint_gives_up_with_the_url() {
+    let _serial = serial();
     export_credentials();
     let port = s3_server::free_port();
     let storage = StorageConfig {
@@ -312,6 +323,7 @@ impl Drop for HtmlServer {
 
 #[test]
 fn an_https_source_that_is_missing_or_html_names_the_url() {
+    let _serial = serial();
     let Some(python) = moto_python() else { return };
     let server = HtmlServer::start(&python);
     let base = format!("http://127.0.0.1:{}", server.port);
@@ -338,5 +350,60 @@ fn an_https_source_that_is_missing_or_html_names_the_url() {
     assert!(
         msg.starts_with(&format!("{page}: ")) && msg.contains("HTML page"),
         "{msg}"
+    );
+}
+
+#[test]
+fn a_rank_fetches_the_footer_and_its_own_row_groups_only() {
+    let _serial = serial();
+    let Some(server) = server() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Hex of a multiplicative hash: text that compresses little, so row groups are large.
+    let texts: Vec<String> = (0..400u64)
+        .map(|i| {
+            (0..200u64)
+                .map(|j| format!("{:016x}", (i * 1000 + j).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let path = dir.path().join("web/part-00000.parquet");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    corenet_data::sample::write_parquet(&path, &[("text", texts.clone())], 50).expect("parquet");
+    server.fill("groups", dir.path(), "");
+    let size = std::fs::metadata(&path).expect("size").len();
+    let storage = StorageConfig {
+        endpoint: Some(server.endpoint()),
+        block_bytes: 16 * 1024,
+        read_ahead: 0,
+        ..Default::default()
+    };
+    let url = std::path::PathBuf::from("s3://groups/web/part-00000.parquet");
+    // Reader 0 of 4 owns row groups 0 and 4 of the 8.
+    let spec = corenet_data::read::OpenSpec {
+        path: &url,
+        format: corenet_data::Format::Parquet,
+        text_key: "text",
+        template: None,
+        stride: corenet_data::read::Stride { index: 0, count: 4 },
+        max_record_bytes: 1 << 20,
+        storage: &storage,
+    };
+    let before = remote_totals().bytes;
+    let mut reader = corenet_data::read::open(&spec, corenet_data::read::Position::start(spec.format))
+        .expect("open");
+    let mut got = Vec::new();
+    while let Some(item) = reader.next_item().expect("read") {
+        match item {
+            corenet_data::read::ReadItem::Doc(r) => got.push(r.text),
+            corenet_data::read::ReadItem::Bad(e) => panic!("bad record: {e}"),
+        }
+    }
+    let fetched = remote_totals().bytes - before;
+    let owned: Vec<String> = texts[0..50].iter().chain(&texts[200..250]).cloned().collect();
+    assert_eq!(got, owned);
+    assert!(
+        fetched * 2 < size,
+        "fetched {fetched} of {size} bytes for 2 of 8 row groups"
     );
 }
