@@ -209,7 +209,9 @@ fn bench(c: &mut Criterion) {
             let (mut disk, mut bucket) = (Vec::new(), Vec::new());
             for _ in 0..5 {
                 disk.push(tokens_per_s(|| pipeline(&fx, threads)));
-                bucket.push(tokens_per_s(|| drain(&fx, source.clone(), storage.clone(), threads)));
+                bucket.push(tokens_per_s(|| {
+                    drain(&fx, source.clone(), storage.clone(), threads)
+                }));
             }
             let (disk, bucket) = (median(disk), median(bucket));
             eprintln!(

@@ -10,6 +10,7 @@ use crate::hold_back::HoldBack;
 use crate::piece::{corenet_next_start, corenet_piece_end, normalized_len, packed_piece_end};
 use crate::pipeline::Pipeline;
 use crate::read::{self, OpenSpec, Position, ReadItem, RecordReader, Stride};
+use crate::remote;
 use crate::shard::Shard;
 use crate::source::ShardFile;
 use crate::state::SourceState;
@@ -398,12 +399,23 @@ impl SourceStream {
         match read::open(&spec, at) {
             Ok(reader) => {
                 self.reader = Some(reader);
+                self.warm_up_next(plan_next(self.plan.as_deref(), self.state.file));
                 Ok(true)
             }
             Err(e) => {
                 self.skip_file(e)?;
                 Ok(false)
             }
+        }
+    }
+
+    /// Starts opening the plan's next file when it is on an object store (remote/).
+    fn warm_up_next(&self, next: Option<usize>) {
+        let Some(file) = next.and_then(|f| self.pipe.sources[self.index].files.get(f)) else {
+            return;
+        };
+        if remote::is_url(&file.path) {
+            remote::RemoteObject::warm_up(&file.path.to_string_lossy(), &self.pipe.config.storage);
         }
     }
 
@@ -484,6 +496,11 @@ fn clamp_ranges(ranges: Vec<Range<usize>>, len: usize) -> Vec<Range<usize>> {
         .map(|r| r.start.min(len)..r.end.min(len))
         .filter(|r| !r.is_empty())
         .collect()
+}
+
+/// The file after plan entry `at`, if the plan has one.
+fn plan_next(plan: Option<&[(usize, Stride)]>, at: u64) -> Option<usize> {
+    plan?.get(at as usize + 1).map(|&(file, _)| file)
 }
 
 fn self_plan(

@@ -362,7 +362,12 @@ fn a_rank_fetches_the_footer_and_its_own_row_groups_only() {
     let texts: Vec<String> = (0..400u64)
         .map(|i| {
             (0..200u64)
-                .map(|j| format!("{:016x}", (i * 1000 + j).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                .map(|j| {
+                    format!(
+                        "{:016x}",
+                        (i * 1000 + j).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         })
@@ -390,8 +395,9 @@ fn a_rank_fetches_the_footer_and_its_own_row_groups_only() {
         storage: &storage,
     };
     let before = remote_totals().bytes;
-    let mut reader = corenet_data::read::open(&spec, corenet_data::read::Position::start(spec.format))
-        .expect("open");
+    let mut reader =
+        corenet_data::read::open(&spec, corenet_data::read::Position::start(spec.format))
+            .expect("open");
     let mut got = Vec::new();
     while let Some(item) = reader.next_item().expect("read") {
         match item {
@@ -400,10 +406,50 @@ fn a_rank_fetches_the_footer_and_its_own_row_groups_only() {
         }
     }
     let fetched = remote_totals().bytes - before;
-    let owned: Vec<String> = texts[0..50].iter().chain(&texts[200..250]).cloned().collect();
+    let owned: Vec<String> = texts[0..50]
+        .iter()
+        .chain(&texts[200..250])
+        .cloned()
+        .collect();
     assert_eq!(got, owned);
     assert!(
         fetched * 2 < size,
         "fetched {fetched} of {size} bytes for 2 of 8 row groups"
     );
+}
+
+#[test]
+fn a_shard_that_stays_unreachable_is_skipped_and_counted() {
+    let _serial = serial();
+    let Some(mut server) = server() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remote_dir = dir.path().join("bucket");
+    write_source(&remote_dir, "web", Kind::Jsonl, 1, 200, 40);
+    server.fill("gone", &remote_dir, "");
+    let local = write_source(dir.path(), "disk", Kind::Jsonl, 1, 12, 40).0;
+    let source = SourceConfig {
+        name: "web".into(),
+        paths: vec!["s3://gone/web/*".into(), local.paths[0].clone()],
+        ..Default::default()
+    };
+    let mut cfg = config(vec![source], 32, 2, 1);
+    cfg.prefetch = 1;
+    cfg.storage = StorageConfig {
+        endpoint: Some(server.endpoint()),
+        block_bytes: 4096,
+        read_ahead: 1,
+        retry_seconds: 1.0,
+        ..Default::default()
+    };
+    let mut stream = DataStream::with_tokenizer(&cfg, tokenizer(), 0, 1, None).expect("stream");
+    let first: Vec<Batch> = (&mut stream).take(3).map(|b| b.expect("batch")).collect();
+    assert_eq!(first.len(), 3);
+    server.stop(); // for good
+    let later: Vec<Batch> = (&mut stream)
+        .take(40)
+        .map(|b| b.expect("the stream goes on over the disk shard"))
+        .collect();
+    assert_eq!(later.len(), 40);
+    let stats = stream.stats();
+    assert!(stats[0].bad_files >= 1, "{:?}", stats[0]);
 }

@@ -55,8 +55,40 @@ struct Blocks {
 }
 
 impl RemoteObject {
-    /// HEADs `url`; errors name it.
+    /// HEADs `url`; errors name it. An object [`warm_up`](Self::warm_up) opened ahead is
+    /// taken instead when it opened without error.
     pub fn open(url: &str, cfg: &StorageConfig) -> Result<RemoteObject> {
+        if let Some(Ok(object)) = take_warm(url, cfg) {
+            return Ok(object);
+        }
+        Self::open_now(url, cfg)
+    }
+
+    /// Opens `url` and fetches its first blocks on a thread of its own, for the next
+    /// [`open`](Self::open) of it: what a reader calls for the shard after the one it reads, so
+    /// that the shard boundary does not wait on a HEAD and a first GET.
+    pub fn warm_up(url: &str, cfg: &StorageConfig) {
+        let Ok(mut warm) = warm_objects().lock() else {
+            return;
+        };
+        let key = warm_key(url, cfg);
+        if warm.contains_key(&key) {
+            return;
+        }
+        // Entries nobody took (a plan that changed) are dropped rather than kept for good.
+        if warm.len() >= MAX_WARM {
+            warm.clear();
+        }
+        let (url, cfg) = (url.to_string(), cfg.clone());
+        let task = std::thread::spawn(move || {
+            let object = RemoteObject::open_now(&url, &cfg)?;
+            object.block(0)?;
+            Ok(object)
+        });
+        warm.insert(key, task);
+    }
+
+    fn open_now(url: &str, cfg: &StorageConfig) -> Result<RemoteObject> {
         let parsed = ObjectUrl::parse(url)?;
         let store = store_for(&parsed, cfg)?;
         let location = StorePath::from(parsed.key.as_str());
@@ -195,6 +227,16 @@ impl RemoteObject {
         while b.ready.len() > keep {
             b.ready.pop_front();
         }
+        // Fetches outside the window (behind the reader, or ahead of a reader that jumped
+        // back, as parquet does from its footer) would only hold memory.
+        let ahead = self.inner.read_ahead;
+        b.pending.retain(|&i, task| {
+            let keep = i > index && i <= index + ahead;
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
         let blocks = self.inner.size.div_ceil(self.inner.block);
         for next in index + 1..=(index + self.inner.read_ahead).min(blocks.saturating_sub(1)) {
             let known = b.pending.contains_key(&next) || b.ready.iter().any(|(i, _)| *i == next);
@@ -228,6 +270,29 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// Objects opened ahead of their readers, at most this many at a time.
+const MAX_WARM: usize = 16;
+
+type WarmObjects = Mutex<HashMap<(String, String), std::thread::JoinHandle<Result<RemoteObject>>>>;
+
+fn warm_objects() -> &'static WarmObjects {
+    static WARM: std::sync::OnceLock<WarmObjects> = std::sync::OnceLock::new();
+    WARM.get_or_init(Default::default)
+}
+
+fn warm_key(url: &str, cfg: &StorageConfig) -> (String, String) {
+    (
+        url.to_string(),
+        serde_json::to_string(cfg).unwrap_or_default(),
+    )
+}
+
+/// The warmed-up object of `url`, if one was started (waiting for it to finish opening).
+fn take_warm(url: &str, cfg: &StorageConfig) -> Option<Result<RemoteObject>> {
+    let task = warm_objects().lock().ok()?.remove(&warm_key(url, cfg))?;
+    task.join().ok()
 }
 
 /// Fetches `range`; a download that breaks is resumed at the byte it reached.
