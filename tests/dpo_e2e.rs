@@ -6,12 +6,12 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use corenet_data::template::Template;
 use corenet_e2e::{
-    corenet_bin, corenet_ok, reference_python_with, tiny_model_yaml, tokenizer_from_corpus,
+    corenet_bin, corenet_ok, kill_after_step, metrics, reference_python_with, resumed_from,
+    tiny_model_yaml, tokenizer_from_corpus,
 };
 use serde_json::{json, Value};
 
@@ -72,14 +72,6 @@ fn train(dir: &Path, run: &str) -> Command {
     cmd
 }
 
-fn metrics(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 #[test]
 fn a_killed_dpo_run_resumes_bit_exactly_and_its_logps_match_pytorch() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -96,27 +88,11 @@ fn a_killed_dpo_run_resumes_bit_exactly_and_its_logps_match_pytorch() -> Result<
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let started = Instant::now();
-    while !metrics(&dir.join("killed/metrics.jsonl"))
-        .iter()
-        .any(|m| m["step"].as_u64() >= Some(10))
-    {
-        ensure!(child.try_wait()?.is_none(), "the run ended before the kill");
-        ensure!(started.elapsed() < Duration::from_secs(300), "no step 10");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ensure!(child.try_wait()?.is_none(), "the run ended before the kill");
-    child.kill()?; // SIGKILL, after the checkpoint at 8
-    child.wait()?;
+    kill_after_step(&mut child, &dir.join("killed/metrics.jsonl"), 10)?; // after the checkpoint at 8
     let resumed = train(dir, "killed").output()?;
     let stdout = String::from_utf8_lossy(&resumed.stdout);
     ensure!(resumed.status.success(), "{stdout}");
-    let from = stdout
-        .split("steps ")
-        .nth(1)
-        .and_then(|s| s.split("..").next())
-        .and_then(|s| s.parse::<u64>().ok())
-        .context("a `steps N..M` line")?;
+    let from = resumed_from(&stdout).context("a `steps N..M` line")?;
     ensure!(from % 8 == 0 && (8..STEPS).contains(&from), "{stdout}");
 
     let model = |run: &str| {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corenet_e2e::{build_sample_data, corenet_bin, reference_tool, workspace_root};
+use corenet_e2e::{build_sample_data, corenet_bin, metrics, reference_tool, workspace_root};
 
 /// The tiny recipe shrunk to seconds per run, as 2 ranks × micro-batch 4 = global batch 8.
 const SMALL: [&str; 12] = [
@@ -39,14 +39,6 @@ fn launch(dir: &Path, run_dir: &str, extra: &[&str]) -> Command {
         cmd.args(["--set", s]);
     }
     cmd
-}
-
-fn metrics(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 #[test]

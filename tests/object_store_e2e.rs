@@ -11,10 +11,11 @@ mod s3_server;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use corenet_e2e::{build_sample_data, corenet_bin, workspace_root};
+use corenet_e2e::{
+    build_sample_data, corenet_bin, kill_after_step, metrics, resumed_from, workspace_root,
+};
 use s3_server::{moto_python, S3Server, ACCESS_KEY, SECRET_KEY};
 use serde_json::Value;
 
@@ -65,14 +66,6 @@ fn with_profile(mut cmd: Command, dir: &Path) -> Result<Command> {
     cmd.env("AWS_SHARED_CREDENTIALS_FILE", &file)
         .env("AWS_PROFILE", "corenet-test");
     Ok(cmd)
-}
-
-fn metrics(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 fn run_ok(mut cmd: Command) -> Result<String> {
@@ -147,25 +140,9 @@ fn a_recipe_on_a_bucket_trains_and_resumes_as_on_disk() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let started = Instant::now();
-    while !metrics(&dir.join("runs/killed/metrics.jsonl"))
-        .iter()
-        .any(|m| m["step"].as_u64() >= Some(10))
-    {
-        ensure!(child.try_wait()?.is_none(), "the run ended before the kill");
-        ensure!(started.elapsed() < Duration::from_secs(300), "no step 10");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ensure!(child.try_wait()?.is_none(), "the run ended before the kill");
-    child.kill()?; // SIGKILL, after the checkpoint at 8
-    child.wait()?;
+    kill_after_step(&mut child, &dir.join("runs/killed/metrics.jsonl"), 10)?; // after the checkpoint at 8
     let stdout = run_ok(with_profile(train(dir, "bucket.yaml", "killed"), dir)?)?;
-    let from = stdout
-        .split("steps ")
-        .nth(1)
-        .and_then(|s| s.split("..").next())
-        .and_then(|s| s.parse::<u64>().ok())
-        .context("a `steps N..M` line")?;
+    let from = resumed_from(&stdout).context("a `steps N..M` line")?;
     ensure!(from % 8 == 0 && (8..STEPS).contains(&from), "{stdout}");
     ensure!(
         model("killed")? == model("local")?,

@@ -166,3 +166,46 @@ pub fn reference_python_with(modules: &str) -> Option<PathBuf> {
     eprintln!("skipped: no .venv-ref with {modules} (scripts/setup.sh --reference)");
     None
 }
+
+/// The JSON lines of a run's `metrics.jsonl` (none while it does not exist yet).
+pub fn metrics(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until the run writing `metrics_path` has logged `step`, then kills it with SIGKILL;
+/// fails when it ends first or never gets there.
+pub fn kill_after_step(
+    child: &mut std::process::Child,
+    metrics_path: &std::path::Path,
+    step: u64,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    while !metrics(metrics_path)
+        .iter()
+        .any(|m| m["step"].as_u64() >= Some(step))
+    {
+        anyhow::ensure!(child.try_wait()?.is_none(), "the run ended before the kill");
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "no step {step}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    anyhow::ensure!(child.try_wait()?.is_none(), "the run ended before the kill");
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// The step a resumed run started from, read from its `steps N..M` line.
+pub fn resumed_from(stdout: &str) -> Option<u64> {
+    stdout
+        .split("steps ")
+        .nth(1)
+        .and_then(|s| s.split("..").next())
+        .and_then(|s| s.parse().ok())
+}

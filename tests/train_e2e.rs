@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corenet_e2e::{build_sample_data, corenet_bin, workspace_root};
+use corenet_e2e::{build_sample_data, corenet_bin, metrics, workspace_root};
 
 /// Overrides that shrink the tiny recipe further so each run takes seconds in a debug build.
 const SMALL: [&str; 8] = [
@@ -45,14 +45,6 @@ fn train(dir: &Path, run_dir: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn metrics(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Waits until the run has logged `step`, then returns.

@@ -172,23 +172,28 @@ impl RemoteObject {
     /// `len` bytes from `offset` (fewer at the end of the object).
     pub fn bytes_at(&self, offset: u64, len: usize) -> Result<Bytes> {
         let end = (offset + len as u64).min(self.inner.size);
+        if end <= offset {
+            return Ok(Bytes::new());
+        }
         let first = offset / self.inner.block;
-        let block = self.block(first)?;
+        if end > (first + 1) * self.inner.block {
+            // Across blocks: copied out of each in turn.
+            let mut out = vec![0u8; (end - offset) as usize];
+            let mut filled = 0;
+            while filled < out.len() {
+                let n = self.read_at(offset + filled as u64, &mut out[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            out.truncate(filled);
+            return Ok(Bytes::from(out));
+        }
         let within = (offset - first * self.inner.block) as usize;
-        if end <= (first + 1) * self.inner.block {
-            return Ok(block.slice(within..within + (end - offset) as usize));
-        }
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        let mut at = offset;
-        while at < end {
-            let index = at / self.inner.block;
-            let block = self.block(index)?;
-            let within = (at - index * self.inner.block) as usize;
-            let take = ((end - at) as usize).min(block.len() - within);
-            out.extend_from_slice(&block[within..within + take]);
-            at += take as u64;
-        }
-        Ok(out.freeze())
+        Ok(self
+            .block(first)?
+            .slice(within..within + (end - offset) as usize))
     }
 
     fn blocks(&self) -> Result<std::sync::MutexGuard<'_, Blocks>> {
